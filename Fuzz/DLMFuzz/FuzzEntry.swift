@@ -1,0 +1,2 @@
+import DLMTransport
+import NIOCore

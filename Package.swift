@@ -1,0 +1,75 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "dlm-peer",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "DLMTransport", targets: ["DLMTransport"]),
+        .library(name: "DLMNode", targets: ["DLMNode"]),
+        .executable(name: "dlm-peer", targets: ["dlm-peer"]),
+        .executable(name: "dlm-fuzz", targets: ["DLMFuzz"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        .target(
+            name: "DLMTransport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // pcap/pcapng reading, TCP/SCTP reassembly and pcap writing, for `decode` and tests.
+        .target(
+            name: "DLMCapture",
+            dependencies: [
+                "DLMTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .target(
+            name: "DLMNode",
+            dependencies: [
+                "DLMTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .executableTarget(
+            name: "dlm-peer",
+            dependencies: [
+                "DLMTransport",
+                "DLMCapture",
+                "DLMNode",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // libFuzzer entry point over framer + decoder. Build it only with
+        // `scripts/fuzz` (it needs -sanitize=fuzzer and has no main of its own).
+        .executableTarget(
+            name: "DLMFuzz",
+            dependencies: [
+                "DLMTransport",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            path: "Fuzz/DLMFuzz"
+        ),
+        .testTarget(
+            name: "DLMTransportTests",
+            dependencies: [
+                "DLMTransport",
+                "DLMCapture",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,165 @@
+import NIOCore
+
+/// `struct dlm_header`: the 16-byte little-endian prefix of every message.
+public struct DLMHeader: Hashable, Sendable {
+    /// `h_version`.
+    public var version: ProtocolVersion
+    /// `u.h_lockspace` (DLM_MSG, DLM_RCOM) or `u.h_seq` (DLM_OPTS, DLM_ACK); 0 in an inner FIN.
+    public var word: UInt32
+    /// `h_nodeid`: the sender.
+    public var nodeID: UInt32
+    /// `h_length`: the whole message including this header.
+    public var length: UInt16
+    /// `h_cmd`, raw (see `HeaderCommand`).
+    public var command: UInt8
+    /// `h_pad`, kept so that a decode/encode round trip is byte exact.
+    public var pad: UInt8
+
+    public init(version: ProtocolVersion, word: UInt32, nodeID: UInt32, length: UInt16, command: UInt8, pad: UInt8 = 0) {
+        self.version = version
+        self.word = word
+        self.nodeID = nodeID
+        self.length = length
+        self.command = command
+        self.pad = pad
+    }
+
+    public init(version: ProtocolVersion, word: UInt32, nodeID: UInt32, length: UInt16, command: HeaderCommand) {
+        self.init(version: version, word: word, nodeID: nodeID, length: length, command: command.rawValue)
+    }
+
+    public var lockspace: UInt32 {
+        get { word }
+        set { word = newValue }
+    }
+
+    public var seq: UInt32 {
+        get { word }
+        set { word = newValue }
+    }
+
+    public var knownCommand: HeaderCommand? { HeaderCommand(rawValue: command) }
+
+    public static let size = WireLimits.headerSize
+
+    /// Reads the header at `offset` of `buffer` (relative to its reader index).
+    /// `base` is added to error offsets. Checks nothing but that 16 bytes are there.
+    @inlinable
+    public static func peek(_ buffer: ByteBuffer, at offset: Int = 0, base: Int = 0) throws(WireError) -> DLMHeader {
+        let start = buffer.readerIndex + offset
+        guard offset >= 0, buffer.readableBytes - offset >= size,
+              let version = buffer.getInteger(at: start, endianness: .little, as: UInt32.self),
+              let word = buffer.getInteger(at: start + 4, endianness: .little, as: UInt32.self),
+              let nodeID = buffer.getInteger(at: start + 8, endianness: .little, as: UInt32.self),
+              let length = buffer.getInteger(at: start + 12, endianness: .little, as: UInt16.self),
+              let command = buffer.getInteger(at: start + 14, as: UInt8.self),
+              let pad = buffer.getInteger(at: start + 15, as: UInt8.self)
+        else {
+            throw WireError(.truncated, field: "dlm_header", offset: base + offset,
+                            value: Int64(max(0, buffer.readableBytes - offset)),
+                            "a dlm_header needs 16 bytes")
+        }
+        return DLMHeader(version: ProtocolVersion(rawValue: version), word: word, nodeID: nodeID,
+                         length: length, command: command, pad: pad)
+    }
+
+    /// Writes the 16 bytes, with `length` as given (callers pass the computed length).
+    @inlinable
+    public func write(into buffer: inout ByteBuffer, length: Int) {
+        buffer.writeInteger(version.rawValue, endianness: .little)
+        buffer.writeInteger(word, endianness: .little)
+        buffer.writeInteger(nodeID, endianness: .little)
+        buffer.writeInteger(UInt16(truncatingIfNeeded: length), endianness: .little)
+        buffer.writeInteger(command)
+        buffer.writeInteger(pad)
+    }
+}
+
+/// Little-endian field reader over one message held in a `ByteBuffer`, with offsets relative
+/// to the message start and errors that name the field.
+@usableFromInline
+struct FieldReader {
+    @usableFromInline let buffer: ByteBuffer
+    @usableFromInline let start: Int
+    /// Added to offsets in errors (where this message sits inside an outer one).
+    @usableFromInline let base: Int
+
+    @inlinable
+    init(_ buffer: ByteBuffer, base: Int) {
+        self.buffer = buffer
+        self.start = buffer.readerIndex
+        self.base = base
+    }
+
+    @inlinable
+    var count: Int { buffer.readableBytes }
+
+    @inlinable
+    func u32(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt32 {
+        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt32.self), offset + 4 <= count else {
+            throw truncated(offset, field, 4)
+        }
+        return v
+    }
+
+    @inlinable
+    func i32(_ offset: Int, _ field: StaticString) throws(WireError) -> Int32 {
+        Int32(bitPattern: try u32(offset, field))
+    }
+
+    @inlinable
+    func u64(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt64 {
+        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt64.self), offset + 8 <= count else {
+            throw truncated(offset, field, 8)
+        }
+        return v
+    }
+
+    @inlinable
+    func u16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 {
+        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt16.self), offset + 2 <= count else {
+            throw truncated(offset, field, 2)
+        }
+        return v
+    }
+
+    @inlinable
+    func be16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 {
+        guard let v = buffer.getInteger(at: start + offset, endianness: .big, as: UInt16.self), offset + 2 <= count else {
+            throw truncated(offset, field, 2)
+        }
+        return v
+    }
+
+    @inlinable
+    func u8(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt8 {
+        guard let v = buffer.getInteger(at: start + offset, as: UInt8.self), offset + 1 <= count else {
+            throw truncated(offset, field, 1)
+        }
+        return v
+    }
+
+    @inlinable
+    func i8(_ offset: Int, _ field: StaticString) throws(WireError) -> Int8 {
+        Int8(bitPattern: try u8(offset, field))
+    }
+
+    @inlinable
+    func slice(_ offset: Int, _ length: Int, _ field: StaticString) throws(WireError) -> ByteBuffer {
+        guard length >= 0, offset + length <= count, let s = buffer.getSlice(at: start + offset, length: length) else {
+            throw truncated(offset, field, length)
+        }
+        return s
+    }
+
+    @inlinable
+    func rest(from offset: Int) -> ByteBuffer {
+        buffer.getSlice(at: start + offset, length: max(0, count - offset)) ?? ByteBuffer()
+    }
+
+    @usableFromInline
+    func truncated(_ offset: Int, _ field: StaticString, _ need: Int) -> WireError {
+        WireError(.truncated, field: "\(field)", offset: base + offset, value: Int64(count),
+                  "message of \(count) bytes ends before \(field) (\(need) bytes at offset \(offset))")
+    }
+}
