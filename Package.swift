@@ -52,8 +52,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // libFuzzer entry point over framer + decoder. Build it only with
-        // `scripts/fuzz` (it needs -sanitize=fuzzer and has no main of its own).
+        // libFuzzer target over framer + decoder (`scripts/fuzz` builds it with
+        // --sanitize=fuzzer); a plain build gives a reproducer for saved inputs.
         .executableTarget(
             name: "DLMFuzz",
             dependencies: [

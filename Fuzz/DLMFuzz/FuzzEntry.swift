@@ -1,2 +1,0 @@
-import DLMTransport
-import NIOCore
