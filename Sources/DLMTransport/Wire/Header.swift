@@ -46,32 +46,39 @@ public struct DLMHeader: Hashable, Sendable {
     /// `base` is added to error offsets. Checks nothing but that 16 bytes are there.
     @inlinable
     public static func peek(_ buffer: ByteBuffer, at offset: Int = 0, base: Int = 0) throws(WireError) -> DLMHeader {
-        let start = buffer.readerIndex + offset
-        guard offset >= 0, buffer.readableBytes - offset >= size,
-              let version = buffer.getInteger(at: start, endianness: .little, as: UInt32.self),
-              let word = buffer.getInteger(at: start + 4, endianness: .little, as: UInt32.self),
-              let nodeID = buffer.getInteger(at: start + 8, endianness: .little, as: UInt32.self),
-              let length = buffer.getInteger(at: start + 12, endianness: .little, as: UInt16.self),
-              let command = buffer.getInteger(at: start + 14, as: UInt8.self),
-              let pad = buffer.getInteger(at: start + 15, as: UInt8.self)
-        else {
+        guard offset >= 0, buffer.readableBytes - offset >= size else {
             throw WireError(.truncated, field: "dlm_header", offset: base + offset,
                             value: Int64(max(0, buffer.readableBytes - offset)),
                             "a dlm_header needs 16 bytes")
         }
-        return DLMHeader(version: ProtocolVersion(rawValue: version), word: word, nodeID: nodeID,
-                         length: length, command: command, pad: pad)
+        return buffer.withUnsafeReadableBytes { raw in
+            DLMHeader(
+                version: ProtocolVersion(rawValue: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))),
+                word: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)),
+                nodeID: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self)),
+                length: UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: offset + 12, as: UInt16.self)),
+                command: raw[offset + 14], pad: raw[offset + 15])
+        }
     }
 
     /// Writes the 16 bytes, with `length` as given (callers pass the computed length).
     @inlinable
     public func write(into buffer: inout ByteBuffer, length: Int) {
-        buffer.writeInteger(version.rawValue, endianness: .little)
-        buffer.writeInteger(word, endianness: .little)
-        buffer.writeInteger(nodeID, endianness: .little)
-        buffer.writeInteger(UInt16(truncatingIfNeeded: length), endianness: .little)
-        buffer.writeInteger(command)
-        buffer.writeInteger(pad)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.size) { raw in
+            store(into: raw, length: length)
+            return Self.size
+        }
+    }
+
+    /// Stores the 16 bytes at the start of `raw`, which must hold at least 16 bytes.
+    @inlinable
+    func store(into raw: UnsafeMutableRawBufferPointer, length: Int) {
+        raw.storeBytes(of: version.rawValue.littleEndian, toByteOffset: 0, as: UInt32.self)
+        raw.storeBytes(of: word.littleEndian, toByteOffset: 4, as: UInt32.self)
+        raw.storeBytes(of: nodeID.littleEndian, toByteOffset: 8, as: UInt32.self)
+        raw.storeBytes(of: UInt16(truncatingIfNeeded: length).littleEndian, toByteOffset: 12, as: UInt16.self)
+        raw[14] = command
+        raw[15] = pad
     }
 }
 

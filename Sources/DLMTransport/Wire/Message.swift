@@ -68,47 +68,41 @@ public struct DLMMessage: Hashable, Sendable {
     /// `base` is the offset of this message inside an enclosing one (for error offsets).
     @inlinable
     public static func decode(_ buffer: ByteBuffer, header: DLMHeader, base: Int = 0) throws(WireError) -> DLMMessage {
-        let r = FieldReader(buffer, base: base)
-        guard r.count >= fixedSize else {
-            throw WireError(.truncated, field: "h_length", offset: base + 12, value: Int64(r.count),
+        let count = buffer.readableBytes
+        guard count >= fixedSize else {
+            throw WireError(.truncated, field: "h_length", offset: base + 12, value: Int64(count),
                             "a DLM_MSG needs at least 88 bytes")
         }
-        return DLMMessage(
-            header: header,
-            type: try r.u32(16, "m_type"),
-            nodeID: try r.i32(20, "m_nodeid"),
-            pid: try r.u32(24, "m_pid"),
-            lkid: try r.u32(28, "m_lkid"),
-            remid: try r.u32(32, "m_remid"),
-            parentLkid: try r.u32(36, "m_parent_lkid"),
-            parentRemid: try r.u32(40, "m_parent_remid"),
-            exflags: try r.u32(44, "m_exflags"),
-            sbflags: try r.u32(48, "m_sbflags"),
-            flags: try r.u32(52, "m_flags"),
-            lvbseq: try r.u32(56, "m_lvbseq"),
-            hash: try r.u32(60, "m_hash"),
-            status: try r.i32(64, "m_status"),
-            grmode: try r.i32(68, "m_grmode"),
-            rqmode: try r.i32(72, "m_rqmode"),
-            bastmode: try r.i32(76, "m_bastmode"),
-            asts: try r.u32(80, "m_asts"),
-            result: try r.i32(84, "m_result"),
-            extra: r.rest(from: fixedSize)
-        )
+        // Hot path: one bounds check above, then unaligned little-endian loads.
+        var m = buffer.withUnsafeReadableBytes { raw -> DLMMessage in
+            @inline(__always) func u(_ o: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+            @inline(__always) func i(_ o: Int) -> Int32 { Int32(bitPattern: u(o)) }
+            return DLMMessage(
+                header: header, type: u(16), nodeID: i(20), pid: u(24), lkid: u(28), remid: u(32), parentLkid: u(36),
+                parentRemid: u(40), exflags: u(44), sbflags: u(48), flags: u(52), lvbseq: u(56), hash: u(60),
+                status: i(64), grmode: i(68), rqmode: i(72), bastmode: i(76), asts: u(80), result: i(84))
+        }
+        if count > fixedSize {
+            m.extra = buffer.getSlice(at: buffer.readerIndex + fixedSize, length: count - fixedSize) ?? ByteBuffer()
+        }
+        return m
     }
 
     /// Appends the encoded message; `h_length` is computed, `h_cmd` is written as stored.
     @inlinable
     public func encode(into buffer: inout ByteBuffer) {
-        header.write(into: &buffer, length: encodedLength)
-        buffer.writeMultipleIntegers(
-            type, UInt32(bitPattern: nodeID), pid, lkid, remid, parentLkid, parentRemid, exflags, sbflags,
-            endianness: .little)
-        buffer.writeMultipleIntegers(
-            flags, lvbseq, hash, UInt32(bitPattern: status), UInt32(bitPattern: grmode), UInt32(bitPattern: rqmode),
-            UInt32(bitPattern: bastmode), asts, UInt32(bitPattern: result),
-            endianness: .little)
-        var extra = self.extra
-        buffer.writeBuffer(&extra)
+        let length = encodedLength
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.fixedSize) { raw in
+            header.store(into: raw, length: length)
+            @inline(__always) func u(_ o: Int, _ v: UInt32) { raw.storeBytes(of: v.littleEndian, toByteOffset: o, as: UInt32.self) }
+            @inline(__always) func i(_ o: Int, _ v: Int32) { u(o, UInt32(bitPattern: v)) }
+            u(16, type); i(20, nodeID); u(24, pid); u(28, lkid); u(32, remid); u(36, parentLkid)
+            u(40, parentRemid); u(44, exflags); u(48, sbflags); u(52, flags); u(56, lvbseq); u(60, hash)
+            i(64, status); i(68, grmode); i(72, rqmode); i(76, bastmode); u(80, asts); i(84, result)
+            return Self.fixedSize
+        }
+        if extra.readableBytes > 0 {
+            buffer.writeImmutableBuffer(extra)
+        }
     }
 }

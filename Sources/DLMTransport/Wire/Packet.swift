@@ -150,22 +150,22 @@ public struct DLMOpts: Hashable, Sendable {
 
     @inlinable
     static func decode(_ buffer: ByteBuffer, header: DLMHeader) throws(WireError) -> DLMOpts {
-        let r = FieldReader(buffer, base: 0)
-        guard r.count >= headerSize else {
-            throw WireError(.truncated, field: "h_length", offset: 12, value: Int64(r.count),
+        let count = buffer.readableBytes
+        guard count >= headerSize else {
+            throw WireError(.truncated, field: "h_length", offset: 12, value: Int64(count),
                             "a DLM_OPTS needs at least 24 bytes")
         }
-        let nextCmd = try r.u8(16, "o_nextcmd")
-        let pad = try r.u8(17, "o_pad")
-        let optlen = Int(try r.u16(18, "o_optlen"))
-        let pad2 = try r.u32(20, "o_pad2")
-        guard headerSize + optlen <= r.count else {
-            throw WireError(.truncated, field: "o_optlen", offset: 18, value: Int64(optlen),
-                            "options run past the end of the message (\(r.count) bytes)")
+        let (nextCmd, pad, optlen, pad2) = buffer.withUnsafeReadableBytes { raw in
+            (raw[16], raw[17], Int(UInt16(littleEndian: raw.loadUnaligned(fromByteOffset: 18, as: UInt16.self))),
+             UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 20, as: UInt32.self)))
         }
-        let options = try r.slice(headerSize, optlen, "o_opts")
+        guard headerSize + optlen <= count else {
+            throw WireError(.truncated, field: "o_optlen", offset: 18, value: Int64(optlen),
+                            "options run past the end of the message (\(count) bytes)")
+        }
+        let options = optlen == 0 ? ByteBuffer() : buffer.getSlice(at: buffer.readerIndex + headerSize, length: optlen) ?? ByteBuffer()
         let innerStart = headerSize + optlen
-        let innerBytes = r.rest(from: innerStart)
+        let innerBytes = buffer.getSlice(at: buffer.readerIndex + innerStart, length: count - innerStart) ?? ByteBuffer()
         switch HeaderCommand(rawValue: nextCmd) {
         case .message, .rcom, .fin: break
         case .opts, .ack, nil:
@@ -195,12 +195,17 @@ public struct DLMOpts: Hashable, Sendable {
 
     @inlinable
     func encode(into buffer: inout ByteBuffer) {
-        header.write(into: &buffer, length: encodedLength)
-        buffer.writeMultipleIntegers(inner.header.command, pad)
-        buffer.writeInteger(UInt16(truncatingIfNeeded: options.readableBytes), endianness: .little)
-        buffer.writeInteger(pad2, endianness: .little)
-        var opts = options
-        buffer.writeBuffer(&opts)
+        let length = encodedLength
+        let optlen = options.readableBytes
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Self.headerSize) { raw in
+            header.store(into: raw, length: length)
+            raw[16] = inner.header.command
+            raw[17] = pad
+            raw.storeBytes(of: UInt16(truncatingIfNeeded: optlen).littleEndian, toByteOffset: 18, as: UInt16.self)
+            raw.storeBytes(of: pad2.littleEndian, toByteOffset: 20, as: UInt32.self)
+            return Self.headerSize
+        }
+        if optlen > 0 { buffer.writeImmutableBuffer(options) }
         inner.encode(into: &buffer)
     }
 }

@@ -1,0 +1,1 @@
+"""dlm-peer interop lab: real kernel DLM nodes in QEMU VMs (see Interop/README.md)."""

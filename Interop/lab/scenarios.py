@@ -1,0 +1,459 @@
+"""The lab's scenarios. Each is a function of (cluster, check) that drives real kernels
+and asserts what must happen; the runner boots the cluster from the scenario's config
+file first and tears it down afterwards. See Interop/README.md for the list.
+
+To add one: write a function, then a Scenario(...) line in SCENARIOS. A dlm-peer node
+joins a scenario by being in its config file ([[node]] kind = "peer"); the cluster
+starts it and the dlm_controld-like steps (join/leave/add) treat it as a member.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from . import capture, config as cfgmod, paths
+from .cluster import StepError, find_dlm_peer
+from .util import Skip
+
+LS = "alpha"
+
+
+class CheckFailed(Exception):
+    pass
+
+
+class Check:
+    """Assertions and measurements of one scenario run."""
+
+    def __init__(self, cluster, rundir):
+        self.c, self.rundir = cluster, rundir
+        self.failures, self.metrics, self.notes = [], {}, []
+        self.expect_messages = {}      # key -> (direction, op, n) checked against the capture
+
+    def require(self, cond, what):
+        if not cond:
+            self.failures.append(what)
+            raise CheckFailed(what)
+
+    def expect(self, cond, what):
+        if not cond:
+            self.failures.append(what)
+            self.c.trace("CHECK FAILED: " + what)
+        return cond
+
+    def metric(self, name, value, unit="s"):
+        self.metrics[name] = value
+        self.c.trace("METRIC %s = %s %s" % (name, value, unit))
+
+    def note(self, text):
+        self.notes.append(text)
+        self.c.trace("NOTE " + text)
+
+
+def protocol_of(cluster, nid):
+    return cfgmod_protocol(cluster.cfg.node(nid))
+
+
+def cfgmod_protocol(node):
+    from .kernels import PROTOCOL
+    return PROTOCOL[node.kernel] if node.kind == "kernel" else (node.protocol or "3.2")
+
+
+def link_protocol(cluster, a, b):
+    """3.2 only if both ends speak it (a 3.2 kernel falls back to 3.1 towards a 3.1 node)."""
+    return "3.2" if protocol_of(cluster, a) == "3.2" and protocol_of(cluster, b) == "3.2" else "3.1"
+
+
+def read_capture(c):
+    """The run's capture, complete: the scenario's traffic is over when this is called."""
+    c.finish_capture()
+    if c.capture_dropped:
+        raise capture.CaptureError("the capture is incomplete: tcpdump reports %d packets dropped by the "
+                                   "kernel (machine overloaded?); its message counts cannot be checked"
+                                   % c.capture_dropped)
+    ip2node = {n.address: str(n.id) for n in c.cfg.nodes}
+    return capture.read(c.pcap, ip2node, c.cfg.port)
+
+
+def fin_handshake(recs, a, b):
+    """Seconds from the first OPTS>FIN between a and b to the ACK that answers the
+    second FIN (the end of the 3.2 midcomms close), or None."""
+    d1, d2 = "%d->%d" % (a, b), "%d->%d" % (b, a)
+    fins = [r for r in recs if r["key"].endswith("OPTS>FIN") and r["dir"] in (d1, d2)]
+    if len(fins) < 2:
+        return None
+    first, second = fins[0], fins[1]
+    acks = [r for r in recs if r["cmd"] == "ACK" and r["dir"] == first["dir"] and r["t"] >= second["t"]]
+    end = acks[0]["t"] if acks else second["t"]
+    return end - first["t"]
+
+
+# ------------------------------------------------------------------ shared steps
+def check_gid(c, ck, nid):
+    out = c.kernel(nid).sh("dlmlc gid %s" % LS).strip()
+    py = "0x%08x" % cfgmod.global_id(LS)
+    ck.require(out == py, "global id of %s: C client says %s, Python %s" % (LS, out, py))
+
+
+def blocking_and_lvb(c, ck, holder, waiter, res="res-basic", p=""):
+    """EX on `holder` blocks `waiter`; BAST to holder; NOQUEUE -> EAGAIN; LVB written under
+    EX by holder is read by waiter; conversions; all unlocked at the end. `p` prefixes the
+    lock tags, so several rounds can share one agent."""
+    c.agent_start(holder, LS)
+    c.agent_start(waiter, LS)
+    h, w, nq, r = p + "h", p + "w", p + "nq", p + "r"
+    lvb = "lvb-from-node%d" % holder
+    ev = c.agent(holder, LS, f"lock {h} {res} EX VALBLK", wait=f"CAST {h} ")
+    ck.require(ev.get("status") == "OK", "node%d: EX on %s not granted: %s" % (holder, res, ev["line"]))
+    ev = c.agent(waiter, LS, f"lock {w} {res} EX VALBLK", wait=f"REQ {w} ")
+    ck.require(int(ev.get("rv", -1)) > 0, "node%d: EX request failed: %s" % (waiter, ev["line"]))
+    t_req = time.time()
+    bast = c.agent_wait(holder, LS, f"BAST {h} ", timeout=10)
+    ck.expect(bast.get("mode") == "EX", "blocking callback on node%d should name EX: %s" % (holder, bast["line"]))
+    ck.metric(p + "bast_after_request", round(time.time() - t_req, 3))
+    # the waiter must still be waiting
+    out = c.kernel(waiter).sh(f"grep -c 'CAST {w} ' /tmp/a-{LS}.log || true").strip()
+    ck.require(out == "0", "node%d was granted EX while node%d held it" % (waiter, holder))
+    ev = c.agent(waiter, LS, f"lock {nq} {res} PR NOQUEUE", wait=f"CAST {nq} ")
+    ck.expect(ev.get("status") == "EAGAIN", "NOQUEUE PR on node%d should fail with EAGAIN: %s" % (waiter, ev["line"]))
+    # unlock with VALBLK writes the LVB; the waiter's queued EX is granted with it
+    t_unlock = time.time()
+    ev = c.agent(holder, LS, f"unlock {h} VALBLK lvb={lvb}", wait=f"CAST {h} ")
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (holder, ev["line"]))
+    ev = c.agent_wait(waiter, LS, f"CAST {w} ", timeout=10)
+    ck.metric(p + "grant_after_unlock", round(time.time() - t_unlock, 3))
+    ck.require(ev.get("status") == "OK", "node%d: queued EX not granted after the unlock: %s" % (waiter, ev["line"]))
+    ck.expect(ev.get("lvb") == lvb, "node%d should read the LVB %r written under EX by node%d, got %r"
+              % (waiter, lvb, holder, ev.get("lvb")))
+    # down-conversion EX -> PR keeps the LVB; a PR|VALBLK request on the holder reads it too
+    ev = c.agent(waiter, LS, f"convert {w} PR VALBLK", wait=f"CAST {w} ")
+    ck.expect(ev.get("status") == "OK", "node%d EX->PR conversion: %s" % (waiter, ev["line"]))
+    ev = c.agent(holder, LS, f"lock {r} {res} PR VALBLK", wait=f"CAST {r} ")
+    ck.expect(ev.get("status") == "OK" and ev.get("lvb") == lvb,
+              "node%d PR|VALBLK should be granted with LVB %r: %s" % (holder, lvb, ev["line"]))
+    # up-conversion PR -> EX on the waiter blocks on the holder's PR, then is granted
+    c.agent(waiter, LS, f"convert {w} EX", wait=f"CONV {w} ")
+    c.agent_wait(holder, LS, f"BAST {r} ", timeout=10)
+    c.agent(holder, LS, f"unlock {r}", wait=f"CAST {r} ")
+    ev = c.agent_wait(waiter, LS, f"CAST {w} ", count=3, timeout=10)
+    ck.expect(ev.get("status") == "OK", "node%d PR->EX conversion: %s" % (waiter, ev["line"]))
+    ev = c.agent(waiter, LS, f"unlock {w}", wait=f"CAST {w} ")
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (waiter, ev["line"]))
+
+
+def leave_all(c, ck, order, fin_limit=1.0):
+    """Leave in `order`; every 3.2 link must finish the FIN handshake well under a second."""
+    for nid in order:
+        if (nid, LS) in c.agents:
+            c.agent_quit(nid, LS)
+    for i, nid in enumerate(order):
+        others = sorted(c.members[LS] - {nid})
+        total, remove_s = c.leave(LS, nid)
+        ck.metric("leave_node%d" % nid, round(total, 3))
+        if remove_s is not None:
+            ck.metric("remove_write_node%d" % nid, remove_s)
+            # the remove write of a node's last lockspace waits for the FIN handshakes
+            ck.expect(remove_s < fin_limit, "node%d: removing its last lockspace took %.3f s (FIN wait?)"
+                      % (nid, remove_s))
+
+
+def check_fins(c, ck, recs, leaver, others, fin_limit=1.0):
+    for o in others:
+        if link_protocol(c, leaver, o) != "3.2":
+            n = sum(1 for r in recs if r["key"].endswith("FIN") and r["dir"] in ("%d->%d" % (leaver, o), "%d->%d" % (o, leaver)))
+            ck.expect(n == 0, "3.1 link %d<->%d should carry no DLM FIN, saw %d" % (leaver, o, n))
+            continue
+        fh = fin_handshake(recs, leaver, o)
+        ck.expect(fh is not None, "no FIN handshake between node%d and node%d in the capture" % (leaver, o))
+        if fh is not None:
+            ck.metric("fin_handshake_%d_%d" % (leaver, o), round(fh, 4))
+            ck.expect(fh < fin_limit, "FIN handshake %d<->%d took %.3f s" % (leaver, o, fh))
+
+
+def expect_at_least(ck, counts, direction, key, n):
+    have = counts.get(direction, {}).get(key, 0)
+    ck.expect(have >= n, "capture: %s %s: expected at least %d, saw %d" % (direction, key, n, have))
+
+
+def check_versions(c, ck, recs):
+    """Every PDU carries the version its sender speaks (a 6.x kernel puts 3.2 in the header
+    even on a 3.1 link); a 3.1 link has no OPTS/ACK/FIN."""
+    for r in recs:
+        try:
+            a, b = int(r["src"]), int(r["dst"])
+        except ValueError:
+            ck.expect(False, "capture: DLM traffic from/to an unknown address: %s" % r["dir"])
+            return
+        want = "v" + protocol_of(c, a)
+        if r["version"] != want:
+            ck.expect(False, "capture frame %s: %s sent %s, expected %s" % (r["frame"], r["dir"], r["version"], want))
+            return
+        if link_protocol(c, a, b) == "3.1" and r["cmd"] in ("OPTS", "ACK", "FIN"):
+            ck.expect(False, "capture frame %s: %s on the 3.1 link %s" % (r["frame"], r["cmd"], r["dir"]))
+            return
+
+
+# ------------------------------------------------------------------ scenarios
+def sc_basic(c, ck):
+    n1, n2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    check_gid(c, ck, n1)
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    blocking_and_lvb(c, ck, n1, n2)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    counts = capture.counts_by_direction(recs)
+    ck.counts = counts
+    check_versions(c, ck, recs)
+    p = link_protocol(c, n1, n2)
+    pre = "v%s OPTS>MSG " % p if p == "3.2" else "v%s MSG " % protocol_of(c, n2)
+    pre1 = "v%s OPTS>MSG " % p if p == "3.2" else "v%s MSG " % protocol_of(c, n1)
+    d21, d12 = "%d->%d" % (n2, n1), "%d->%d" % (n1, n2)
+    # node n1 asked first, so it masters res-basic: n2's requests and conversions go to it
+    expect_at_least(ck, counts, d21, pre + "REQUEST", 2)         # EX (queued), NOQUEUE PR
+    expect_at_least(ck, counts, d12, pre1 + "REQUEST_REPLY", 2)  # -EINPROGRESS, -EAGAIN
+    expect_at_least(ck, counts, d12, pre1 + "GRANT", 2)          # queued EX, PR->EX
+    expect_at_least(ck, counts, d21, pre + "CONVERT", 2)         # EX->PR, PR->EX
+    expect_at_least(ck, counts, d21, pre + "UNLOCK", 1)
+    expect_at_least(ck, counts, d12, pre1 + "UNLOCK_REPLY", 1)
+    check_fins(c, ck, recs, n2, [n1])
+
+
+def sc_three(c, ck):
+    ids = sorted(k.id for k in c.kernel_nodes)
+    a, b, x = ids[0], ids[1], ids[2]
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    for i in ids:
+        c.agent_start(i, LS)
+    # x masters res-x3 (it asks first); a holds EX; b queues behind it
+    c.agent(x, LS, "lock m res-x3 NL", wait="CAST m ")
+    ev = c.agent(a, LS, "lock h res-x3 EX", wait="CAST h ")
+    ck.require(ev.get("status") == "OK", "node%d EX: %s" % (a, ev["line"]))
+    c.agent(b, LS, "lock w res-x3 EX", wait="REQ w ")
+    c.agent_wait(a, LS, "BAST h ")
+    ev = c.agent(x, LS, "lock nq res-x3 PR NOQUEUE", wait="CAST nq ")
+    ck.expect(ev.get("status") == "EAGAIN", "NOQUEUE on node%d: %s" % (x, ev["line"]))
+    c.agent(a, LS, "unlock h", wait="CAST h ")
+    ev = c.agent_wait(b, LS, "CAST w ")
+    ck.expect(ev.get("status") == "OK", "queued EX on node%d: %s" % (b, ev["line"]))
+    # node x leaves while b holds EX on a resource x mastered: recovery remasters it
+    c.agent_quit(x, LS)
+    total, remove_s = c.leave(LS, x)
+    ck.metric("leave_node%d" % x, round(total, 3))
+    ck.expect(remove_s is not None and remove_s < 1.0, "node%d remove took %s s" % (x, remove_s))
+    for i in (a, b):
+        d = c.kernel(i).sh("dmesg | grep 'dlm: %s:' | tail -30" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (i, x))
+        ck.expect(re.search(r"dlm_recover \d+ generation \d+ done", d) is not None,
+                  "node%d: no finished recovery after node%d left" % (i, x))
+    # the survivors still lock against each other, on the remastered resource too
+    ev = c.agent(a, LS, "lock a2 res-x3 PR NOQUEUE", wait="CAST a2 ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d PR vs node%d's EX after recovery: %s" % (a, b, ev["line"]))
+    c.agent(b, LS, "unlock w", wait="CAST w ")
+    ev = c.agent(a, LS, "lock a3 res-x3 EX", wait="CAST a3 ")
+    ck.expect(ev.get("status") == "OK", "node%d EX after recovery: %s" % (a, ev["line"]))
+    c.agent(a, LS, "unlock a3", wait="CAST a3 ")
+    # x comes back: the members stop, x joins, everyone starts with three members
+    c.add(LS, x)
+    c.agent_start(x, LS)
+    c.agent(a, LS, "lock k res-back EX", wait="CAST k ")
+    c.agent(x, LS, "lock k res-back EX", wait="REQ k ")
+    c.agent_wait(a, LS, "BAST k ")
+    c.agent(a, LS, "unlock k", wait="CAST k ")
+    ev = c.agent_wait(x, LS, "CAST k ")
+    ck.expect(ev.get("status") == "OK", "node%d (rejoined) EX: %s" % (x, ev["line"]))
+    c.agent(x, LS, "unlock k", wait="CAST k ")
+    leave_all(c, ck, [x, b, a])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    # the last leave of x: its FINs with a and b
+    fins = [r for r in recs if r["key"].endswith("OPTS>FIN")]
+    ck.expect(len(fins) >= 6, "capture: expected FINs for x's two leaves and the final ones, saw %d" % len(fins))
+
+
+def sc_mixed(c, ck):
+    old = [k.id for k in c.kernel_nodes if k.kernel == "5.10"]
+    new = [k.id for k in c.kernel_nodes if k.kernel != "5.10"]
+    ck.require(old and new, "the mixed scenario needs a 5.10 node and a newer one")
+    o, n = old[0], new[0]
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    d = c.kernel(n).sh("dmesg | grep 'dlm: version' || true")
+    ck.expect("version 0x00030001 for node %d detected" % o in d,
+              "node%d (%s) should detect protocol 3.1 for node%d; dmesg: %s" % (n, c.kernel(n).kernel, o, d.strip()))
+    blocking_and_lvb(c, ck, o, n)
+    blocking_and_lvb(c, ck, n, o, res="res-mixed2", p="b")
+    leave_all(c, ck, [n, o])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, n, [o])
+    ck.note("5.10 (3.1) and %s interoperate: the newer kernel detects 3.1, sends bare MSG/RCOM with "
+            "a 3.2 header version, and no OPTS/ACK/FIN on that link" % c.kernel(n).kernel)
+
+
+def sc_reconnect(c, ck, count=300, max_rounds=4):
+    """Each round: node n1 streams `count` EX lock+unlock on a resource n2 masters; once
+    the stream is going, one node destroys all its DLM TCP sockets (sock_diag SOCK_DESTROY,
+    as `ss -K` does). Rounds alternate the killing node until both kernels have logged a
+    retransmission (at least two rounds)."""
+    n1, n2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    ck.require(link_protocol(c, n1, n2) == "3.2", "reconnect needs two 3.2 kernels")
+    c.join(LS)
+    c.agent_start(n2, LS)
+    c.agent(n2, LS, "lock m res-stream NL", wait="CAST m ")     # n2 masters res-stream
+    retrans = {n1: 0, n2: 0}
+    r = 0
+    while r < max_rounds and (r < 2 or not all(retrans.values())):
+        killer = (n1, n2)[r % 2]
+        r += 1
+        c.step("round %d: node%d streams %d x EX lock+unlock; node%d destroys its DLM sockets mid-stream"
+               % (r, n1, count, killer))
+        logf = "/tmp/bench%d.log" % r
+        c.kernel(n1).bg("DLMLC_PROGRESS=25 dlmlc bench %s res-stream %d EX" % (LS, count), logf)
+        c.kernel(n1).waitlog(logf, "PROGRESS bench done=50 ", 1, 60)        # the stream is going
+        out = c.kernel(killer).sh("dlmlc sockkill %d" % c.cfg.port, check=False)
+        ck.expect("SOCK_DESTROY" in out and "killed=0" not in out,
+                  "round %d: node%d destroyed no socket: %s" % (r, killer, out.strip()))
+        line = c.kernel(n1).waitlog(logf, "LOOPDONE|LOOPERR|ERROR", 1, 120)
+        ok = re.search(r"ok=(\d+) failed=(\d+)", line)
+        ck.expect(ok and int(ok.group(1)) == count and int(ok.group(2)) == 0,
+                  "round %d: not every lock operation completed: %s" % (r, line))
+        if "LOOPDONE" in line:
+            ck.metric("round%d_total" % r, float(re.search(r"total=([0-9.]+)", line).group(1)))
+        m = re.search(r"killed=(\d+)", out)
+        ck.metric("round%d_sockets_destroyed_by_node%d" % (r, killer), int(m.group(1)) if m else 0, "")
+        for i in (n1, n2):
+            retrans[i] = int(c.kernel(i).sh("dmesg | grep -c 'retransmit dlm msg' || true").strip() or 0)
+    ck.metric("rounds", r, "")
+    logs = {}
+    for i in (n1, n2):
+        logs[i] = c.kernel(i).sh("dmesg | grep -E 'retransmit dlm msg|seq mismatch|socket error' || true")
+        ck.metric("retransmits_logged_node%d" % i, retrans[i], "")
+        ck.expect(retrans[i] > 0, "node%d never logged 'retransmit dlm msg' in %d rounds" % (i, r))
+    c.agent_quit(n2, LS)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    dups = {}
+    for dirn in ("%d->%d" % (n1, n2), "%d->%d" % (n2, n1)):
+        dups[dirn] = capture.duplicates(capture.seqs(recs, dirn))
+    ck.metric("duplicate_seqs", {k: v[:10] for k, v in dups.items()}, "")
+    for i, other in ((n1, n2), (n2, n1)):
+        if "retransmit dlm msg" in logs[i]:
+            resent = [int(x) for x in re.findall(r"retransmit dlm msg, seq (\d+)", logs[i])]
+            d = "%d->%d" % (i, other)
+            ck.expect(set(resent) <= set(dups[d]), "node%d retransmitted seqs %s, but the capture shows "
+                      "duplicates %s in %s" % (i, resent, dups[d], d))
+
+
+def sc_decode(c, ck, n_ops=25):
+    """An exactly known workload, then every capture of this run through `dlm-peer decode`."""
+    n1, n2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    c.join(LS)
+    c.agent_start(n2, LS)
+    c.agent(n2, LS, "lock m res-dec NL", wait="CAST m ")             # n2 masters res-dec
+    out = c.kernel(n1).sh("dlmlc bench %s res-dec %d EX" % (LS, n_ops), timeout=120)
+    ck.require("LOOPDONE" in out and "failed=0" in out, "bench failed: %s" % out.strip())
+    c.agent(n2, LS, "unlock m", wait="CAST m ")
+    c.agent_quit(n2, LS)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    counts = capture.counts_by_direction(recs)
+    ck.counts = counts
+    d12, d21 = "%d->%d" % (n1, n2), "%d->%d" % (n2, n1)
+    m = "v3.2 OPTS>MSG "
+    g = lambda d, k: counts.get(d, {}).get(k, 0)   # noqa: E731
+    # every request of n1 reaches n2 as a REQUEST, or (the very first one, when n2 is also
+    # the directory node) as a LOOKUP answered by a REQUEST_REPLY
+    ck.expect(g(d12, m + "REQUEST") + g(d12, m + "LOOKUP") == n_ops,
+              "%s REQUEST+LOOKUP = %d, expected %d" % (d12, g(d12, m + "REQUEST") + g(d12, m + "LOOKUP"), n_ops))
+    ck.expect(g(d21, m + "REQUEST_REPLY") == n_ops, "%s REQUEST_REPLY = %d, expected %d" % (d21, g(d21, m + "REQUEST_REPLY"), n_ops))
+    ck.expect(g(d12, m + "UNLOCK") == n_ops, "%s UNLOCK = %d, expected %d" % (d12, g(d12, m + "UNLOCK"), n_ops))
+    ck.expect(g(d21, m + "UNLOCK_REPLY") == n_ops, "%s UNLOCK_REPLY = %d, expected %d" % (d21, g(d21, m + "UNLOCK_REPLY"), n_ops))
+    ck.expect(g(d21, m + "LOOKUP") == g(d12, m + "LOOKUP_REPLY") <= 1,
+              "n2's one NL request: LOOKUP %d / LOOKUP_REPLY %d" % (g(d21, m + "LOOKUP"), g(d12, m + "LOOKUP_REPLY")))
+    for k in ("GRANT", "BAST", "CONVERT", "CANCEL"):
+        ck.expect(g(d12, m + k) + g(d21, m + k) == 0, "unexpected %s messages" % k)
+    for d in (d12, d21):
+        ck.expect(g(d, "v3.2 OPTS>FIN") == 1, "%s: %d FIN, expected 1" % (d, g(d, "v3.2 OPTS>FIN")))
+        s = capture.seqs(recs, d)
+        ck.expect(s == list(range(len(s))), "%s: OPTS seqs are not 0..%d without gaps/duplicates" % (d, len(s) - 1))
+    # --- dlm-peer decode over every capture of this run (runner fills ck.all_captures)
+    binary = find_dlm_peer()
+    if not binary:
+        raise Skip("dlm-peer binary not built (the tshark counts above were checked)")
+    for pcap, transport, tcounts in getattr(ck, "all_captures", []) + [(c.pcap, c.cfg.transport, counts)]:
+        res = run_decode(binary, pcap)
+        name = os.path.basename(os.path.dirname(pcap))
+        if not ck.expect(res["rc"] == 0 and res.get("errors", 1) == 0,
+                         "dlm-peer decode %s: rc %s, errors %s %s" % (name, res["rc"], res.get("errors"), res.get("stderr", "")[-300:])):
+            continue
+        diffs = capture.compare(tcounts, res.get("counts_by_direction", {}), exact=transport != "sctp")
+        ck.expect(not diffs, "dlm-peer decode %s disagrees with tshark: %s" % (name, "; ".join(diffs[:8])))
+        ck.metric("decoded_%s" % name, res.get("messages"), "msgs")
+
+
+def run_decode(binary, pcap):
+    try:
+        r = subprocess.run([binary, "decode", "--summary", "--json", pcap], capture_output=True, text=True,
+                           timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return dict(rc=-1, stderr=str(e))
+    res = dict(rc=r.returncode, stderr=r.stderr)
+    try:
+        res.update(json.loads(r.stdout))
+    except ValueError:
+        res["stderr"] += " (stdout is not one JSON object)"
+        res["errors"] = res.get("errors", 1)
+    return res
+
+
+# ------------------------------------------------------------------ table
+@dataclass
+class Scenario:
+    name: str
+    config: str
+    fn: object
+    about: str
+    kernel: str | None = None
+    transport: str | None = None
+    default: bool = False
+    overridable: bool = True       # --kernel/--transport apply
+    order: int = 0                 # decode runs last: it reads the others' captures
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def config_path(self):
+        return os.path.join(paths.CONFIG_DIR, self.config)
+
+
+SCENARIOS = [
+    Scenario("basic", "lab-2node.toml", sc_basic, "2 nodes: EX blocks, BAST, NOQUEUE -EAGAIN, LVB, conversions, clean leave (FIN < 1 s)",
+             default=True),
+    Scenario("basic-612", "lab-2node.toml", sc_basic, "basic on two 6.12 kernels", kernel="6.12"),
+    Scenario("basic-510", "lab-2node.toml", sc_basic, "basic on two 5.10 kernels (protocol 3.1: no FIN)", kernel="5.10",
+             default=True),
+    Scenario("basic-sctp", "lab-2node.toml", sc_basic, "basic over SCTP", transport="sctp"),
+    Scenario("three-node", "lab-3node.toml", sc_three,
+             "3 nodes: one leaves (stop everywhere, then start), locks survive recovery, it rejoins"),
+    Scenario("mixed", "lab-mixed.toml", sc_mixed, "5.10 + 6.1: the 6.1 kernel falls back to 3.1", overridable=False),
+    Scenario("reconnect", "lab-2node.toml", sc_reconnect,
+             "sockets destroyed (like ss -K) mid-stream: retransmission, duplicate seqs, nothing lost", default=True),
+    Scenario("decode", "lab-2node.toml", sc_decode,
+             "exact message counts of a known workload; every capture of the run through dlm-peer decode",
+             default=True, order=1),
+]
+
+
+def by_name(name):
+    for s in SCENARIOS:
+        if s.name == name:
+            return s
+    return None
