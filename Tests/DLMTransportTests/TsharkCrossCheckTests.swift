@@ -235,7 +235,7 @@ struct TsharkCrossCheckTests {
     static func corpus() -> [DLMPacket] {
         var gen = MessageGenerator(seed: 0x75_4A_52_4B)
         var out: [DLMPacket] = []
-        for round in 0..<2 {
+        for round in 0..<3 {
             for type in MessageType.allCases {
                 for v in [ProtocolVersion.v3_1, .v3_2] {
                     var m = gen.message(type)
