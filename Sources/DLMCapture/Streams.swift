@@ -172,7 +172,10 @@ public struct DLMCaptureDecoder {
         var stream = streams[key] ?? Stream()
         if stream.next == nil { stream.next = seq }
         if data.readableBytes > 0 {
-            stream.pending[seq] = (time, data)
+            // A retransmission may be cut differently: keep the longest segment per start.
+            if (stream.pending[seq]?.1.readableBytes ?? 0) < data.readableBytes {
+                stream.pending[seq] = (time, data)
+            }
             drainTCP(&stream, key)
         }
         streams[key] = stream

@@ -321,13 +321,8 @@ struct CaptureTests {
         // Arrival: [0,100), [200,end) (early), [200,250) (shorter copy), [100,200).
         let file = pcapFile([original[0], original[2], retransmission, original[1]])
         let decoder = try DLMCaptureDecoder.decode(file)
-        // KNOWN BUG (DLMCaptureDecoder.tcp, Sources/DLMCapture/Streams.swift): out-of-order data
-        // is held in `pending[seq]`, so the 50-byte copy replaces the held-back segment that
-        // starts at the same seq; bytes 250..<end are never delivered and the stream stalls.
-        // Fix: keep the longer payload when a segment with the same seq is already pending.
-        withKnownIssue("DLMCaptureDecoder drops a held-back TCP segment when a shorter copy with the same seq arrives") {
-            #expect(decoder.messages.count == messages.count, "messages recovered")
-        }
+        // The held-back long segment must survive the shorter copy with the same seq.
+        #expect(decoder.messages.count == messages.count, "messages recovered")
         // What does come out is correct, in order.
         let got = decoder.messages.map(\.bytes.array)
         #expect(got == Array(messages.prefix(got.count)))

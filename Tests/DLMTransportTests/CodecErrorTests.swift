@@ -106,8 +106,9 @@ struct CodecErrorTests {
     func truncatedRcomLock(_ type: RcomType) {
         for payload in [0, 1, 60, 107] {
             let b = rcomBytes(type: type, payload: Array(repeating: 0, count: payload))
-            expectError(b, .truncated, "rcom_lock", offset: 48, value: Int64(payload))
-            expectError(wrapRaw(b), .truncated, "rcom_lock", offset: 24 + 48, value: Int64(payload))
+            // value: the message size, as for every other truncation error.
+            expectError(b, .truncated, "rcom_lock", offset: 48, value: Int64(48 + payload))
+            expectError(wrapRaw(b), .truncated, "rcom_lock", offset: 24 + 48, value: Int64(48 + payload))
         }
         // 108 bytes exactly is fine.
         #expect(decodeError(rcomBytes(type: type, payload: Array(repeating: 0, count: 108))) == nil)

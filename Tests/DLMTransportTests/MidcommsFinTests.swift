@@ -230,7 +230,7 @@ struct MidcommsFinTests {
     // MARK: - Exhaustive interleavings
 
     /// A one-shot event that may happen at any point of the walk.
-    struct Optional_: Sendable {
+    struct AnyTimeEvent: Sendable {
         var name: String
         var enabled: @Sendable (PacketLink) -> Bool
         var fire: @Sendable (inout PacketLink) -> Void
@@ -244,8 +244,8 @@ struct MidcommsFinTests {
     /// Walks every order of: delivering the next frame in either direction, and firing each
     /// optional event once. Calls `leaf` for every complete run. Iterative (an explicit stack):
     /// the Swift Testing threads have small stacks.
-    static func explore(_ start: PacketLink, _ events: [Optional_], _ leaf: (PacketLink, [String]) -> Void) {
-        var stack: [(PacketLink, [Optional_], [String])] = [(start, events, [])]
+    static func explore(_ start: PacketLink, _ events: [AnyTimeEvent], _ leaf: (PacketLink, [String]) -> Void) {
+        var stack: [(PacketLink, [AnyTimeEvent], [String])] = [(start, events, [])]
         var visited = 0
         while let (link, events, path) = stack.popLast() {
             visited += 1
@@ -278,12 +278,12 @@ struct MidcommsFinTests {
         }
     }
 
-    static let bRemoved = Optional_(name: "B removes A", enabled: { _ in true }, fire: { $0.on(.b, .memberRemoved) })
-    static let bCloses = Optional_(name: "B closes", enabled: { _ in true }, fire: { $0.on(.b, .closeRequested) })
-    static let bounceA = Optional_(name: "bounce A", enabled: { _ in true }, fire: { $0.kill(.a); $0.connect() })
-    static let bounceB = Optional_(name: "bounce B", enabled: { _ in true }, fire: { $0.kill(.b); $0.connect() })
+    static let bRemoved = AnyTimeEvent(name: "B removes A", enabled: { _ in true }, fire: { $0.on(.b, .memberRemoved) })
+    static let bCloses = AnyTimeEvent(name: "B closes", enabled: { _ in true }, fire: { $0.on(.b, .closeRequested) })
+    static let bounceA = AnyTimeEvent(name: "bounce A", enabled: { _ in true }, fire: { $0.kill(.a); $0.connect() })
+    static let bounceB = AnyTimeEvent(name: "bounce B", enabled: { _ in true }, fire: { $0.kill(.b); $0.connect() })
 
-    func walk(_ events: [Optional_], bCloses: Bool, check: (PacketLink, [String]) -> Void) -> Int {
+    func walk(_ events: [AnyTimeEvent], check: (PacketLink, [String]) -> Void) -> Int {
         var link = PacketLink(a: .node(1, peer: 2), b: .node(2, peer: 1))
         link.establish()
         link.on(.a, .send(MC.request(0, from: 1)))
@@ -301,7 +301,7 @@ struct MidcommsFinTests {
     @Test("every interleaving: one side closes, the other removes its member at any point")
     func exhaustiveOneSide() {
         var outcomes: Set<Outcome> = []
-        let leaves = walk([Self.bRemoved], bCloses: false) { l, path in
+        let leaves = walk([Self.bRemoved]) { l, path in
             outcomes.insert(Outcome(a: l.a.peer.finState, b: l.b.peer.finState))
             #expect(l.a.peer.finState == .closed, "\(path)")
             #expect(l.b.peer.finState == .closed, "\(path)")
@@ -321,7 +321,7 @@ struct MidcommsFinTests {
     func exhaustiveBoth() {
         var sawClosing = false
         var sawFinWait2 = false
-        let leaves = walk([Self.bRemoved, Self.bCloses], bCloses: true) { l, path in
+        let leaves = walk([Self.bRemoved, Self.bCloses]) { l, path in
             #expect(l.a.peer.finState == .closed, "\(path)")
             #expect(l.b.peer.finState == .closed, "\(path)")
             #expect(l.a.closes == [true], "\(path)")
@@ -337,7 +337,7 @@ struct MidcommsFinTests {
     @Test("every interleaving with a connection bounce on either side at any point (close during reconnect)")
     func exhaustiveWithBounces() {
         var outcomes: [Outcome: Int] = [:]
-        let leaves = walk([Self.bRemoved, Self.bounceA, Self.bounceB], bCloses: false) { l, path in
+        let leaves = walk([Self.bRemoved, Self.bounceA, Self.bounceB]) { l, path in
             var l = l
             let outcome = Outcome(a: l.a.peer.finState, b: l.b.peer.finState)
             outcomes[outcome, default: 0] += 1

@@ -132,7 +132,7 @@ public enum RcomPayload: Hashable, Sendable {
             return .lookupReply
         case .lock, .lockReply:
             guard length >= RcomLock.size else {
-                throw WireError(.truncated, field: "rcom_lock", offset: r.base + p, value: Int64(length),
+                throw WireError(.truncated, field: "rcom_lock", offset: r.base + p, value: Int64(r.count),
                                 "RCOM_LOCK/LOCK_REPLY needs a 108-byte rcom_lock (h_length >= 156)")
             }
             let lock = try RcomLock.decode(r, at: p)
