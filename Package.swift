@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
         // Allocation counting for `dlm-peer bench` (LD_PRELOADed, never linked into the node).
         .package(url: "https://github.com/ordo-one/malloc-interposer.git", from: "1.6.1"),
     ],
@@ -39,6 +40,7 @@ let package = Package(
             dependencies: [
                 "DLMTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -69,6 +71,14 @@ let package = Package(
             dependencies: [
                 "DLMTransport",
                 "DLMCapture",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
+            name: "DLMNodeTests",
+            dependencies: [
+                "DLMNode",
+                "DLMTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
