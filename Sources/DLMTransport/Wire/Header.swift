@@ -101,55 +101,32 @@ struct FieldReader {
     @inlinable
     var count: Int { buffer.readableBytes }
 
+    /// The integer of type `T` at `offset`, or a `truncated` error naming `field`.
     @inlinable
-    func u32(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt32 {
-        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt32.self), offset + 4 <= count else {
-            throw truncated(offset, field, 4)
+    func integer<T: FixedWidthInteger>(_ offset: Int, _ field: StaticString, _ endianness: Endianness = .little,
+                                       as: T.Type = T.self) throws(WireError) -> T {
+        let size = MemoryLayout<T>.size
+        guard offset >= 0, offset + size <= count,
+              let v = buffer.getInteger(at: start + offset, endianness: endianness, as: T.self) else {
+            throw truncated(offset, field, size)
         }
         return v
     }
 
     @inlinable
-    func i32(_ offset: Int, _ field: StaticString) throws(WireError) -> Int32 {
-        Int32(bitPattern: try u32(offset, field))
-    }
-
+    func u32(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt32 { try integer(offset, field) }
     @inlinable
-    func u64(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt64 {
-        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt64.self), offset + 8 <= count else {
-            throw truncated(offset, field, 8)
-        }
-        return v
-    }
-
+    func i32(_ offset: Int, _ field: StaticString) throws(WireError) -> Int32 { try integer(offset, field) }
     @inlinable
-    func u16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 {
-        guard let v = buffer.getInteger(at: start + offset, endianness: .little, as: UInt16.self), offset + 2 <= count else {
-            throw truncated(offset, field, 2)
-        }
-        return v
-    }
-
+    func u64(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt64 { try integer(offset, field) }
     @inlinable
-    func be16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 {
-        guard let v = buffer.getInteger(at: start + offset, endianness: .big, as: UInt16.self), offset + 2 <= count else {
-            throw truncated(offset, field, 2)
-        }
-        return v
-    }
-
+    func u16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 { try integer(offset, field) }
     @inlinable
-    func u8(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt8 {
-        guard let v = buffer.getInteger(at: start + offset, as: UInt8.self), offset + 1 <= count else {
-            throw truncated(offset, field, 1)
-        }
-        return v
-    }
-
+    func be16(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt16 { try integer(offset, field, .big) }
     @inlinable
-    func i8(_ offset: Int, _ field: StaticString) throws(WireError) -> Int8 {
-        Int8(bitPattern: try u8(offset, field))
-    }
+    func u8(_ offset: Int, _ field: StaticString) throws(WireError) -> UInt8 { try integer(offset, field) }
+    @inlinable
+    func i8(_ offset: Int, _ field: StaticString) throws(WireError) -> Int8 { try integer(offset, field) }
 
     @inlinable
     func slice(_ offset: Int, _ length: Int, _ field: StaticString) throws(WireError) -> ByteBuffer {
