@@ -191,6 +191,24 @@ struct LockingGrantTests {
             step: .convert(2, .ex, .altPR), result: .granted,
             verify: { r, _ in #expect(r.lock(2)?.grantedMode == .pr) }),
         GrantCase(
+            name: "ALTCW equal to the held mode: granted in place", setup: [.request(1, .cw), .request(2, .cr)],
+            step: .convert(1, .ex, .altCW), result: .granted,
+            verify: { r, o in
+                #expect(o.lock?.grantedMode == .cw && o.lock?.statusFlags == .alternateMode)
+                #expect(r.ids(.granted) == [2, 1], "same-mode grant keeps its place")
+            }),
+        GrantCase(
+            name: "queued ALTCW conversion granted in its held mode leaves the convert queue (kernel livelocks)",
+            setup: [
+                .request(1, .cw), .request(2, .nl), .request(4, .cr), .convert(2, .ex),
+                .convert(1, .ex, [.queCvt, .altCW, .noDlckWt]),
+            ],
+            step: .cancel(2), result: .cancelled, grants: [1],
+            verify: { r, _ in
+                let l = r.lock(1)!
+                #expect(l.status == .granted && l.grantedMode == .cw && l.requestedMode == .iv && r.convertQueue.isEmpty)
+            }),
+        GrantCase(
             name: "NODLCKBLK changes nothing (not implemented by the kernel)",
             setup: [.request(1, .pr), .request(2, .pr), .convert(1, .ex)],
             step: .convert(2, .ex, .noDlckBlk), result: .deadlock),

@@ -55,8 +55,11 @@ struct LockingRandomTests {
                     }
                     #expect(LockValidation.checkLockArguments(mode: mode, flags: f, hasLVB: true) == nil)
                     if !lock.isMasterCopy { #expect(LockValidation.checkConversion(of: lock, to: mode, flags: f) == nil) }
-                    let op = LockMode.lvbOperation(granted: lock.grantedMode, requested: mode)
                     outcome = r.convert(id, to: mode, flags: f, lvb: lvb)
+                    // The table row/column the grant really used: after a CONVDEADLK demotion the
+                    // lock converts from NL; with ALTPR/ALTCW it converts to the alternate mode.
+                    let from: LockMode = outcome.lock?.statusFlags.contains(.demoted) == true ? .nl : lock.grantedMode
+                    let op = LockMode.lvbOperation(granted: from, requested: outcome.lock?.grantedMode ?? mode)
                     trace.append("cvt \(id) \(mode) \(flagNames(f.rawValue, LockFlags.names)) → \(outcome.result)")
                     expectWrite = outcome.result == .granted && op == .write && f.contains(.valBlk) && !f.contains(.ivValBlk)
                     switch outcome.result {
@@ -120,7 +123,7 @@ struct LockingRandomTests {
             }
             // §9.14 LVB sequence.
             let delta = r.lvbSeq &- before.lvbSeq
-            #expect(delta == (expectWrite ? 1 : 0), "lvbseq delta at step \(step)")
+            #expect(delta == (expectWrite ? 1 : 0), "lvbseq delta at step \(step): \(trace.last ?? "")")
 
             let problems = r.invariantViolations(.init(checkFixpoint: checkFixpoint))
             if !problems.isEmpty {
