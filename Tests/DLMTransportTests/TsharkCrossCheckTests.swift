@@ -262,13 +262,13 @@ struct TsharkCrossCheckTests {
                         l.exflags = round == 0 ? l.exflags | LockFlags.valBlk.rawValue : l.exflags & ~LockFlags.valBlk.rawValue
                         r.payload = .lock(l, lvb: lvb.readableBytes > 0 ? lvb : ByteBuffer(repeating: 0x4C, count: 32))
                     }
-                    if case .namesReply(var list) = r.payload, v == .v3_2 { list.bufferSize = 4024; r.payload = .namesReply(list) }
+                    if case .namesReply(let list) = r.payload, v == .v3_2 { r.payload = .namesReply(RcomNameList(names: list.names, end: list.end, bufferSize: 4024)) }
                     r.header.length = UInt16(r.encodedLength)
                     out.append(.rcom(r))
                 }
                 var inner = gen.rcom(type, maxSlots: 20)
                 inner.header.version = .v3_2
-                if case .namesReply(var list) = inner.payload { list.bufferSize = 4024; inner.payload = .namesReply(list) }
+                if case .namesReply(let list) = inner.payload { inner.payload = .namesReply(RcomNameList(names: list.names, end: list.end, bufferSize: 4024)) }
                 if case .lock(var l, let lvb) = inner.payload {
                     l.exflags |= LockFlags.valBlk.rawValue
                     inner.payload = .lock(l, lvb: lvb)

@@ -255,17 +255,33 @@ public struct RcomNameList: Hashable, Sendable {
 
     public var names: [ByteBuffer]
     public var end: End
-    /// Size of the whole `rc_buf` (4024 on 5.14+, 4048 on older kernels).
-    public var bufferSize: Int
+    /// The bytes after the terminator up to the end of the buffer: zeros from every kernel,
+    /// kept as received so that any reply re-encodes byte for byte.
+    public var padding: ByteBuffer
 
+    /// A list in a buffer of `bufferSize` bytes (4024 on 5.14+, 4048 on older kernels),
+    /// zero padded after the terminator.
     public init(names: [ByteBuffer], end: End, bufferSize: Int = WireLimits.namesReplyBufferSize) {
         self.names = names
         self.end = end
-        self.bufferSize = bufferSize
+        let used = names.reduce(2) { $0 + 2 + $1.readableBytes }
+        var zeros = ByteBuffer()
+        zeros.writeRepeatingByte(0, count: max(0, bufferSize - used))
+        self.padding = zeros
+    }
+
+    @usableFromInline
+    init(names: [ByteBuffer], end: End, padding: ByteBuffer) {
+        self.names = names
+        self.end = end
+        self.padding = padding
     }
 
     /// Bytes the records and terminator take (the rest of the buffer is padding).
     public var usedBytes: Int { names.reduce(2) { $0 + 2 + $1.readableBytes } }
+
+    /// Size of the whole `rc_buf`.
+    public var bufferSize: Int { usedBytes + padding.readableBytes }
 
     @inlinable
     static func decode(_ r: FieldReader, at start: Int) throws(WireError) -> RcomNameList {
@@ -274,7 +290,7 @@ public struct RcomNameList: Hashable, Sendable {
         while true {
             let len = try r.be16(o, "rc_buf name length")
             if let end = End(rawValue: len) {
-                return RcomNameList(names: names, end: end, bufferSize: r.count - start)
+                return RcomNameList(names: names, end: end, padding: r.rest(from: o + 2))
             }
             guard Int(len) <= WireLimits.maxResourceNameLength else {
                 throw WireError(.invalidValue, field: "rc_buf name length", offset: r.base + o, value: Int64(len),
@@ -287,17 +303,12 @@ public struct RcomNameList: Hashable, Sendable {
 
     @inlinable
     func encode(into buffer: inout ByteBuffer) {
-        let begin = buffer.writerIndex
         for name in names {
             buffer.writeInteger(UInt16(truncatingIfNeeded: name.readableBytes), endianness: .big)
-            var copy = name
-            buffer.writeBuffer(&copy)
+            buffer.writeImmutableBuffer(name)
         }
         buffer.writeInteger(end.rawValue, endianness: .big)
-        let used = buffer.writerIndex - begin
-        if bufferSize > used {
-            buffer.writeRepeatingByte(0, count: bufferSize - used)
-        }
+        buffer.writeImmutableBuffer(padding)
     }
 }
 
