@@ -9,7 +9,7 @@ struct BenchCommand: ParsableCommand {
             need libMallocInterposerSwift.so beside the binary (scripts/bench builds it); the \
             command then re-runs itself with it preloaded.
             """,
-        subcommands: [CodecBench.self])
+        subcommands: [CodecBench.self, TransportBench.self])
 }
 
 struct BenchOptions: ParsableArguments {

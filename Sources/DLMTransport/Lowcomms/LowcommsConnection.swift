@@ -1,0 +1,124 @@
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One TCP connection of a peer. Confined to the lowcomms event loop (hence `@unchecked Sendable`:
+/// it is only captured by closures that run on that loop).
+final class LowcommsConnection: @unchecked Sendable {
+    enum Direction: Sendable {
+        /// We connected (bound to our configured address).
+        case outgoing
+        /// The peer connected to our listener.
+        case accepted
+    }
+
+    /// Why we closed it ourselves.
+    enum LocalClose: Sendable {
+        /// Fault injection: aborted with SO_LINGER 0 (RST), like `tcpkill` / `ss -K`.
+        case killed
+        /// Bad `h_length` or overfull receive buffer: the stream cannot be framed any more.
+        case malformed
+        /// Our shutdown / the peer's close finished (TCP FIN after the DLM FIN handshake).
+        case shutdown
+        /// A newer accepted connection from the same node replaced this receive-only one.
+        case replaced
+        /// The peer was removed from the configuration.
+        case removed
+    }
+
+    let id: ConnectionID
+    let nodeID: UInt32
+    let direction: Direction
+    /// Remote address as text, for logs.
+    let remote: String
+    var channel: Channel?
+    /// The peer, while the connection is up (saves a table lookup per frame).
+    var peer: LowcommsPeerState?
+    /// TCP established (channelActive seen).
+    var active = false
+    /// channelInactive processed: gone for good.
+    var closed = false
+    var localClose: LocalClose?
+    /// First socket error seen (ECONNRESET…).
+    var error: String?
+    var needsFlush = false
+    /// A graceful close (half-close, wait for EOF) is under way.
+    var halfClosed = false
+    /// The peer closed its side cleanly (TCP FIN read). Without it, a connection that goes away
+    /// without an error we saw ourselves died of a socket error (NIO closes on write errors
+    /// without firing `errorCaught`).
+    var sawEOF = false
+
+    init(id: ConnectionID, nodeID: UInt32, direction: Direction, remote: String) {
+        self.id = id
+        self.nodeID = nodeID
+        self.direction = direction
+        self.remote = remote
+    }
+
+    /// Up, and not being closed by us.
+    var usable: Bool { active && !closed && localClose == nil }
+
+    /// Aborts the connection: SO_LINGER {1, 0} then close, so the kernel sends a RST and the peer
+    /// sees ECONNRESET (what `tcpkill`/`ss -K` do to the kernel's DLM sockets).
+    func abort() {
+        guard let channel, !closed else { return }
+        if let provider = channel as? SocketOptionProvider {
+            provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+        } else {
+            channel.close(promise: nil)
+        }
+    }
+}
+
+/// The last handler of a connection's pipeline (after `ByteToMessageHandler(DLMFrameDecoder())`):
+/// hands frames, batch ends, errors and closure to the owning `Lowcomms`, on its event loop.
+final class LowcommsChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    let owner: Lowcomms
+    let connection: LowcommsConnection
+
+    init(owner: Lowcomms, connection: LowcommsConnection) {
+        self.owner = owner
+        self.connection = connection
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        owner.connectionActive(connection)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        owner.frameReceived(connection, unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        owner.readBatchComplete(connection)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        owner.connectionError(connection, error)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed {
+            owner.connectionEOF(connection)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        owner.connectionInactive(connection)
+        context.fireChannelInactive()
+    }
+}
