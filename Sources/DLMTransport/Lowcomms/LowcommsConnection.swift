@@ -48,6 +48,9 @@ final class LowcommsConnection: @unchecked Sendable {
     /// First socket error seen (ECONNRESET…).
     var error: String?
     var needsFlush = false
+    /// Frames written since the last flush, sent down the pipeline as one buffer.
+    var pending = ByteBuffer()
+    static let maxPendingBytes = 256 * 1024
     /// A graceful close (half-close, wait for EOF) is under way.
     var halfClosed = false
     /// The peer closed its side cleanly (TCP FIN read). Without it, a connection that goes away
@@ -79,17 +82,25 @@ final class LowcommsConnection: @unchecked Sendable {
     }
 }
 
-/// The last handler of a connection's pipeline (after `ByteToMessageHandler(DLMFrameDecoder())`):
-/// hands frames, batch ends, errors and closure to the owning `Lowcomms`, on its event loop.
+/// The only handler of a connection's pipeline: cuts the stream into frames (`DLMFramer`, the
+/// same decoder the tests and the pcap reader use) and hands frames, batch ends, errors and
+/// closure to the owning `Lowcomms`, on its event loop. Framing here rather than in a
+/// `ByteToMessageHandler` keeps the per-frame path free of pipeline hops and generic lookups.
 final class LowcommsChannelHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
+    /// More than `receiveBufferLimit` bytes held without completing a frame.
+    struct ReceiveBufferOverflow: Error {}
+
     let owner: Lowcomms
     let connection: LowcommsConnection
+    private var framer: DLMFramer
+    private var failed = false
 
-    init(owner: Lowcomms, connection: LowcommsConnection) {
+    init(owner: Lowcomms, connection: LowcommsConnection, receiveBufferLimit: Int) {
         self.owner = owner
         self.connection = connection
+        self.framer = DLMFramer(maximumBufferSize: receiveBufferLimit)
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -98,9 +109,21 @@ final class LowcommsChannelHandler: ChannelInboundHandler, RemovableChannelHandl
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        owner.frameReceived(connection, unwrapInboundIn(data))
+        guard !failed else { return }
+        let owner = self.owner
+        let connection = self.connection
+        do {
+            try framer.append(unwrapInboundIn(data)) { frame in
+                owner.frameReceived(connection, frame)
+            }
+        } catch let error as FramingError {
+            failed = true
+            owner.connectionError(connection, error)
+        } catch {
+            failed = true
+            owner.connectionError(connection, ReceiveBufferOverflow())
+        }
     }
-
     func channelReadComplete(context: ChannelHandlerContext) {
         owner.readBatchComplete(connection)
     }
