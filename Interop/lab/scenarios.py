@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import capture, config as cfgmod, paths
 from .cluster import StepError, find_dlm_peer
-from .util import Skip
+from .util import Skip, directory_node
 
 LS = "alpha"
 
@@ -415,6 +415,112 @@ def run_decode(binary, pcap):
     return res
 
 
+def sc_peer_join(c, ck):
+    """Two kernels and a dlm-peer form a lockspace (recovery with slots and generation across
+    both kinds of node); the kernels lock among themselves on a resource whose directory node
+    is a kernel; the dlm-peer leaves on SIGTERM while the kernels are reconfigured (the FIN
+    handshake must finish well under a second); then the kernels leave."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    peers = sorted(p.id for p in c.peers)
+    n1, n2 = kernels[:2]
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    res = next(n for n in ("res-k%d" % i for i in range(100))
+               if directory_node(n.encode(), members) in kernels)
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    for p in c.peers:
+        ck.require(wait_file(p.log, "joined %s" % LS, 30),
+                   "%s: no 'joined %s' in its log:\n%s" % (p.name, LS, tail(p.log)))
+    for k in kernels:
+        for pid in peers:
+            if protocol_of(c, k) == "3.1":
+                # a 3.1 kernel has no midcomms (and no debugfs comms): dlm-peer falls back
+                ck.expect(wait_file(c.nodes[pid].log, "version 0x00030001 for node %d detected" % k, 5),
+                          "dlm-peer node%d did not detect node%d as 3.1" % (pid, k))
+                continue
+            want = "0x0003000%s" % protocol_of(c, pid)[-1]
+            v = c.kernel(k).sh("cat /sys/kernel/debug/dlm/comms/%d/version 2>/dev/null || true" % pid).strip()
+            ck.expect(v == want, "node%d: debugfs comms/%d/version is %r, expected %s" % (k, pid, v, want))
+        dm = c.dmesg(k)
+        ck.expect("recover" in dm and "done" in dm, "node%d: no finished recovery in dmesg" % k)
+    ck.note("kernels lock %s (directory node %d)" % (res, directory_node(res.encode(), members)))
+    blocking_and_lvb(c, ck, n1, n2, res=res)
+    for pid in peers:
+        peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    for pid in peers:
+        check_fins(c, ck, recs, pid, kernels)
+
+
+def peer_leaves(c, ck, pid, timeout=20):
+    """SIGTERM to the dlm-peer (it leaves with the FIN handshake) while the remaining members
+    are stopped, given the new member list and started (dlm_controld's barrier)."""
+    import signal as _signal
+    p = c.nodes[pid]
+    remaining = sorted(c.members[LS] - {pid})
+    c.step("dlm-peer node%d leaves %s; remaining %s: stop all, then members+start all" % (pid, LS, remaining))
+    done_before = {i: recoveries_done(c, i) for i in remaining}
+    t0 = time.time()
+    p.proc.send_signal(_signal.SIGTERM)
+    for i in remaining:
+        c.kernel(i).sh("dlmlc stop %s" % LS)
+    for i in remaining:
+        c.kernel(i).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(remaining)), "/tmp/members-%s.log" % LS)
+    for i in remaining:
+        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
+        ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
+    # let the remaining kernels finish that recovery before anything else (a 5.10 kernel that
+    # releases a lockspace mid-recovery waits a second for it)
+    for i in remaining:
+        end = time.time() + timeout
+        while recoveries_done(c, i) <= done_before[i] and time.time() < end:
+            time.sleep(0.05)
+        ck.expect(recoveries_done(c, i) > done_before[i], "node%d: no recovery finished after node%d left" % (i, pid))
+    try:
+        rc = p.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    left = time.time() - t0
+    c.state.drop_proc(p.proc.pid)
+    p.proc = None
+    c.members[LS] = set(remaining)
+    ck.metric("peer%d_leave" % pid, round(left, 3))
+    ck.require(rc == 0, "dlm-peer node%d did not exit cleanly after SIGTERM (rc %s):\n%s" % (pid, rc, tail(p.log)))
+    log = open(p.log).read()
+    for k in remaining:
+        if link_protocol(c, pid, k) == "3.2":
+            ck.expect("reset node %d: FIN handshake complete" % k in log,
+                      "dlm-peer node%d: no completed FIN handshake with node%d" % (pid, k))
+    ck.expect(left < 5.0, "dlm-peer node%d took %.2f s to leave" % (pid, left))
+
+
+def recoveries_done(c, nid):
+    """How many recoveries the kernel of `nid` has finished ("dlm_recover N ... done" in dmesg)."""
+    return len(re.findall(r"dlm_recover \d+ generation \d+ done", c.dmesg(nid)))
+
+
+def wait_file(path, text, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if text in open(path).read():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def tail(path, n=3000):
+    try:
+        return open(path).read()[-n:]
+    except OSError as e:
+        return "(%s)" % e
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -446,6 +552,11 @@ SCENARIOS = [
     Scenario("mixed", "lab-mixed.toml", sc_mixed, "5.10 + 6.1: the 6.1 kernel falls back to 3.1", overridable=False),
     Scenario("reconnect", "lab-2node.toml", sc_reconnect,
              "sockets destroyed (like ss -K) mid-stream: retransmission, duplicate seqs, nothing lost", default=True),
+    Scenario("peer-join", "lab-peer.toml", sc_peer_join,
+             "2 kernels + dlm-peer: joint recovery, kernels lock, dlm-peer leaves with FIN (< 1 s)",
+             default=True),
+    Scenario("peer-join-31", "lab-peer-31.toml", sc_peer_join,
+             "the same with dlm-peer emulating an old 3.1 node (no OPTS/ACK/FIN to it)"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),

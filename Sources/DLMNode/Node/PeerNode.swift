@@ -1,0 +1,188 @@
+import DLMTransport
+import Logging
+import NIOCore
+
+/// A dlm-peer node: lowcomms (TCP, midcomms per peer) plus one recovery machine per lockspace,
+/// all on one event loop. It joins every lockspace the config lists it in, takes part in
+/// recovery as a kernel node would, and leaves with the FIN handshake.
+///
+/// Lock traffic (DLM_MSG) is not served yet: the lock manager is wired in by issue 6; until
+/// then lock messages are logged and dropped, so scenarios keep resources off this node.
+public final class PeerNode: @unchecked Sendable {
+    public let config: ClusterConfig
+    public let nodeID: UInt32
+    public let eventLoop: EventLoop
+    private let logger: Logger
+    private var lowcomms: Lowcomms?
+    private var lockspaces: [UInt32: LockspaceState] = [:]
+
+    /// Per-lockspace state; confined to `eventLoop`.
+    final class LockspaceState {
+        let name: String
+        var recovery: LockspaceRecovery
+        var table: RecoveryLockTable
+        var timer: Scheduled<Void>?
+        /// Completed by the first recovery (the join); later recoveries only log.
+        var joined: EventLoopPromise<RecoveryReport>?
+
+        init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, joined: EventLoopPromise<RecoveryReport>) {
+            self.name = name
+            self.recovery = recovery
+            self.table = table
+            self.joined = joined
+        }
+    }
+
+    public init(config: ClusterConfig, nodeID: UInt32, eventLoop: EventLoop,
+                logger: Logger = Logger(label: "dlm.node")) throws {
+        guard let me = config.node(nodeID) else {
+            throw PeerNodeError("node \(nodeID) is not in \(config.file)")
+        }
+        self.config = config
+        self.nodeID = nodeID
+        self.eventLoop = eventLoop
+        var logger = logger
+        logger[metadataKey: "node"] = "\(nodeID)"
+        self.logger = logger
+        let peers = config.peers(of: nodeID).map { n in
+            LowcommsConfig.Peer(nodeID: n.id, addresses: n.addresses.map(\.description))
+        }
+        let lc = LowcommsConfig(nodeID: nodeID, addresses: me.addresses.map(\.description), port: config.port,
+                                peers: peers, emulate31: me.emulatedProtocol == .v3_1)
+        lowcomms = try Lowcomms(config: lc, eventLoop: eventLoop, logger: logger,
+                                onEvent: { [weak self] e in self?.lowcommsEvent(e) },
+                                onDelivery: { [weak self] node, d in self?.delivered(from: node, d) })
+    }
+
+    /// Starts listening and joins every configured lockspace of this node. The future completes
+    /// when every join's first recovery has finished.
+    public func start() -> EventLoopFuture<[String: RecoveryReport]> {
+        guard let lowcomms else { return eventLoop.makeFailedFuture(PeerNodeError("no transport")) }
+        return lowcomms.start().flatMap { [self] in
+            let joins = config.lockspaces(of: nodeID).map { ls in join(ls).map { (ls.name, $0) } }
+            return EventLoopFuture.whenAllSucceed(joins, on: eventLoop).map { Dictionary(uniqueKeysWithValues: $0) }
+        }
+    }
+
+    /// Joins `ls` with the member list of the config (the cluster manager's start).
+    func join(_ ls: ClusterConfig.Lockspace) -> EventLoopFuture<RecoveryReport> {
+        eventLoop.assertInEventLoop()
+        let promise = eventLoop.makePromise(of: RecoveryReport.self)
+        let rc = RecoveryConfig(config: config, lockspace: ls, node: nodeID)
+        let state = LockspaceState(name: ls.name, recovery: LockspaceRecovery(config: rc),
+                                   table: RecoveryLockTable(ourNodeID: nodeID, lvbLength: ls.lvbLength),
+                                   joined: promise)
+        lockspaces[ls.globalID] = state
+        logger.info("joining lockspace \(ls.name) (id 0x\(String(ls.globalID, radix: 16))), members \(ls.members)")
+        let members = config.weightedMembers(of: ls).map { RecoveryMember(nodeID: $0.nodeID, weight: $0.weight) }
+        run(state, .start(members))
+        return promise.futureResult
+    }
+
+    /// Leaves every lockspace and closes every peer session with the DLM FIN handshake.
+    public func leave() -> EventLoopFuture<Void> {
+        eventLoop.flatSubmit { [self] in
+            for (_, ls) in lockspaces {
+                ls.timer?.cancel()
+                logger.info("leaving lockspace \(ls.name)")
+                for m in ls.recovery.memberIDs where m != nodeID { lowcomms?.memberRemoved(m) }
+            }
+            lockspaces.removeAll()
+            return lowcomms?.shutdown() ?? eventLoop.makeSucceededVoidFuture()
+        }
+    }
+
+    // MARK: - Events from the transport (on the loop)
+
+    private func delivered(from node: UInt32, _ d: Delivery) {
+        switch d.payload {
+        case .rcom(let rc):
+            guard let ls = lockspaces[rc.header.lockspace] else {
+                if rc.rcomType == .status {
+                    // As the kernel: "not ready" for a lockspace we do not have (yet).
+                    let reply = LockspaceRecovery.notReadyReply(to: rc, ourNodeID: nodeID)
+                    lowcomms?.send(.rcom(reply), to: node)
+                } else {
+                    logger.debug("RCOM \(RcomType.name(rc.type)) from node \(node) for unknown lockspace 0x\(String(rc.header.lockspace, radix: 16)) dropped")
+                }
+                return
+            }
+            run(ls, .received(rc, from: node))
+        case .message(let m):
+            guard let ls = lockspaces[m.header.lockspace] else {
+                logger.warning("DLM_MSG \(MessageType.name(m.type)) from node \(node) for unknown lockspace 0x\(String(m.header.lockspace, radix: 16)) dropped")
+                return
+            }
+            run(ls, .lockMessage(m, from: node))
+        }
+    }
+
+    private func lowcommsEvent(_ e: LowcommsEvent) {
+        switch e {
+        case .versionDetected(let node, let v):
+            logger.info("node \(node) speaks DLM \(v)")
+        case .sessionReset(let node, let reason):
+            logger.info("node \(node): session reset (\(reason))")
+        case .closed(let node, let graceful):
+            logger.info("node \(node): connections closed\(graceful ? "" : " (timeout)")")
+        case .finStateChanged, .connectionUp, .connectionDown, .transmitConnection, .acknowledged:
+            break
+        }
+    }
+
+    // MARK: - Recovery actions
+
+    private func run(_ ls: LockspaceState, _ event: RecoveryEvent) {
+        let actions = ls.recovery.handle(event, now: .now(), locks: &ls.table)
+        for action in actions { perform(action, ls) }
+    }
+
+    private func perform(_ action: RecoveryAction, _ ls: LockspaceState) {
+        switch action {
+        case .send(let rc, let node):
+            lowcomms?.send(.rcom(rc), to: node)
+        case .statusChanged(let status):
+            logger.debug("\(ls.name): recover_status \(status)")
+        case .membersChanged(let added, let removed):
+            for n in added where n != nodeID { lowcomms?.memberAdded(n) }
+            for n in removed where n != nodeID { lowcomms?.memberRemoved(n) }
+        case .lockingEnabled:
+            logger.debug("\(ls.name): locking enabled")
+        case .deliverLockMessage(let m, let node):
+            // Issue 6 wires the lock manager here.
+            logger.warning("\(ls.name): DLM_MSG \(MessageType.name(m.type)) from node \(node) not served (no lock manager yet)")
+        case .resendInFlightOperations, .grantPass:
+            break
+        case .recoveryDone(let report):
+            logger.info("\(ls.name): recovery done: \(report)")
+            ls.joined?.succeed(report)
+            ls.joined = nil
+        case .recoveryFailed(let failure):
+            logger.error("\(ls.name): recovery failed: \(failure)")
+            ls.joined?.fail(PeerNodeError("\(ls.name): recovery failed: \(failure)"))
+            ls.joined = nil
+        case .recoveryInterrupted(let seq):
+            logger.info("\(ls.name): recovery \(seq) interrupted")
+        case .scheduleTimer(let deadline):
+            ls.timer?.cancel()
+            ls.timer = eventLoop.scheduleTask(deadline: deadline) { [weak self, ls] in
+                ls.timer = nil
+                self?.run(ls, .timerFired)
+            }
+        case .cancelTimer:
+            ls.timer?.cancel()
+            ls.timer = nil
+        case .log(let level, let text):
+            switch level {
+            case .debug: logger.debug("\(ls.name): \(text)")
+            case .info: logger.info("\(ls.name): \(text)")
+            case .warning: logger.warning("\(ls.name): \(text)")
+            }
+        }
+    }
+}
+
+public struct PeerNodeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
