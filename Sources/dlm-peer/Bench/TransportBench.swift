@@ -32,8 +32,11 @@ struct TransportBench: ParsableCommand {
     @Option(help: "Base port (lowcomms on it, raw TCP on port+1); random 30000-40000 by default.")
     var port: Int?
 
+    /// The kernel never bounds what it has unacknowledged (newer kernels ACK only every 256
+    /// messages or so), so neither does a real sender; the bench keeps a large bound to stay
+    /// finite in memory (64 Ki × 152 bytes ≈ 10 MB).
     @Option(help: "Most unacknowledged messages in flight in the throughput run.")
-    var window: Int = 4096
+    var window: Int = 65536
 
     @Option(help: "Kill stress: abort node 1's connections every this many milliseconds.")
     var killEvery: Int?
