@@ -33,10 +33,11 @@ struct TransportBench: ParsableCommand {
     var port: Int?
 
     /// The kernel never bounds what it has unacknowledged (newer kernels ACK only every 256
-    /// messages or so), so neither does a real sender; the bench keeps a large bound to stay
-    /// finite in memory (64 Ki × 152 bytes ≈ 10 MB).
-    @Option(help: "Most unacknowledged messages in flight in the throughput run.")
-    var window: Int = 65536
+    /// messages or so), so neither does a real sender; the throughput run keeps a large bound to
+    /// stay finite in memory (64 Ki × 152 bytes ≈ 10 MB). The kill stress uses 1024, so that a
+    /// kill does not resend tens of thousands of messages.
+    @Option(help: "Most unacknowledged messages in flight (default 65536; 1024 with --kill-every).")
+    var window: Int?
 
     @Option(help: "Kill stress: abort node 1's connections every this many milliseconds.")
     var killEvery: Int?
@@ -66,7 +67,7 @@ struct TransportBench: ParsableCommand {
             try runStress(port: port, killEvery: killEvery)
             return
         }
-        try TransportBenchClient(options: options, size: size, port: port, window: window).run()
+        try TransportBenchClient(options: options, size: size, port: port, window: window ?? 65536).run()
     }
 
     func runStress(port: Int, killEvery: Int) throws {
@@ -76,7 +77,7 @@ struct TransportBench: ParsableCommand {
         logger.logLevel = .warning
         let opts = LowcommsStress.Options(messages: messages, bothWays: !oneWay,
                                           killEvery: killEvery > 0 ? .milliseconds(Int64(killEvery)) : nil,
-                                          port: port, messageSize: size, window: window)
+                                          port: port, messageSize: size, window: window ?? 1024)
         let box = ResultBox<LowcommsStress.Report>()
         let sem = DispatchSemaphore(value: 0)
         Task {
