@@ -294,7 +294,7 @@ class PeerNode:
         for a in self.node.addresses:
             self.c.ns_ip("addr", "add", "%s/%d" % (a, cfgmod.LAB_NET.prefixlen), "dev", "br0")
         cmd = ["ip", "netns", "exec", self.c.netns, binary, "run", "--config", self.c.config_file,
-               "--node", str(self.id)]
+               "--node", str(self.id)] + list(self.c.peer_args.get(self.id, []))
         self.marker = "--config %s --node %d" % (self.c.config_file, self.id)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -349,6 +349,7 @@ class Cluster:
         self._trace = open(os.path.join(rundir, "steps.log"), "a")
         self._t0 = time.time()
         self.netns_up = False
+        self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))

@@ -85,6 +85,7 @@ def run_one(sc, args, resdir, all_captures):
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(args.timeout)
         c = cluster.Cluster(cfg, rundir)
+        c.peer_args = sc.peer_args
         ck = scenarios.Check(c, rundir)
         ck.all_captures = list(all_captures)
         try:

@@ -455,6 +455,71 @@ def sc_peer_join(c, ck):
         check_fins(c, ck, recs, pid, kernels)
 
 
+def sc_peer_locks(c, ck):
+    """dlm-peer serves lock traffic from kernels: it masters a resource it locked first (a kernel's
+    PR waits for its EX, dlm-peer gets the blocking callback, the kernel is granted after
+    dlm-peer's unlock), and it is the directory node of another (a kernel's LOOKUP is answered
+    by dlm-peer and the kernel masters it)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    n1, n2 = kernels[:2]
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    dir_res = next(n for n in ("res-d%d" % i for i in range(100)) if directory_node(n.encode(), members) == pid)
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    ck.require(wait_file(peer.log, "LOCK %s %s EX granted" % (LS, PEER_RES), 30),
+               "dlm-peer did not get its EX on %s:\n%s" % (PEER_RES, tail(peer.log)))
+    c.agent_start(n1, LS)
+    c.agent_start(n2, LS)
+    # dlm-peer masters PEER_RES and holds EX: the kernel's PR must wait for dlm-peer's unlock
+    t0 = time.time()
+    ev = c.agent(n1, LS, "lock kp %s PR" % PEER_RES, wait="REQ kp ")
+    ck.require(int(ev.get("rv", -1)) > 0, "node%d: PR request failed: %s" % (n1, ev["line"]))
+    ck.expect(wait_file(peer.log, "BAST %s %s EX" % (LS, PEER_RES), 10), "dlm-peer got no blocking callback")
+    ev = c.agent_wait(n1, LS, "CAST kp ", timeout=20)
+    waited = time.time() - t0
+    ck.expect(ev.get("status") == "OK", "node%d: PR on %s: %s" % (n1, PEER_RES, ev["line"]))
+    ck.metric("kernel_pr_waited", round(waited, 3))
+    ck.expect(wait_file(peer.log, "UNLOCK %s %s EX done" % (LS, PEER_RES), 5), "dlm-peer never released its EX")
+    ck.expect(waited > 0.5, "node%d's PR was granted after %.2f s: it did not wait for dlm-peer's EX" % (n1, waited))
+    ev = c.agent(n1, LS, "unlock kp", wait="CAST kp ")
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (n1, ev["line"]))
+    # dlm-peer is the directory node of dir_res: kernels look it up there
+    ck.note("dlm-peer masters %s; directory node of %s is dlm-peer" % (PEER_RES, dir_res))
+    ev = c.agent(n2, LS, "lock kd %s EX" % dir_res, wait="CAST kd ")
+    ck.expect(ev.get("status") == "OK", "node%d: EX on %s: %s" % (n2, dir_res, ev["line"]))
+    ev = c.agent(n1, LS, "lock kd1 %s PR NOQUEUE" % dir_res, wait="CAST kd1 ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on %s held EX elsewhere: %s" % (n1, dir_res, ev["line"]))
+    ev = c.agent(n2, LS, "unlock kd", wait="CAST kd ")
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (n2, ev["line"]))
+    c.agent_quit(n1, LS)
+    c.agent_quit(n2, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, pid, kernels)
+    # Message types from dlm-peer decode: tshark cannot type bare MSGs with a 3.2 header, which
+    # is what a 3.2 node sends to a 3.1 one (dlm-peer to 5.10 here).
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
+    counts = dec.get("counts_by_direction", {})
+
+    def msg(a, b, t):   # the key of a DLM_MSG from a to b
+        pre = "v3.2 OPTS>MSG " if link_protocol(c, a, b) == "3.2" else "v%s MSG " % protocol_of(c, a)
+        return "%d->%d" % (a, b), pre + t
+    expect_at_least(ck, counts, *msg(n1, pid, "REQUEST"), 1)          # PR to dlm-peer, the master
+    expect_at_least(ck, counts, *msg(pid, n1, "REQUEST_REPLY"), 1)    # -EINPROGRESS
+    expect_at_least(ck, counts, *msg(pid, n1, "GRANT"), 1)            # after dlm-peer's unlock
+    expect_at_least(ck, counts, *msg(n2, pid, "LOOKUP"), 1)           # dlm-peer as directory
+    expect_at_least(ck, counts, *msg(pid, n2, "LOOKUP_REPLY"), 1)
+
+
+PEER_RES = "res-peer"
+
+
 def peer_leaves(c, ck, pid, timeout=20):
     """SIGTERM to the dlm-peer (it leaves with the FIN handshake) while the remaining members
     are stopped, given the new member list and started (dlm_controld's barrier)."""
@@ -534,6 +599,7 @@ class Scenario:
     overridable: bool = True       # --kernel/--transport apply
     order: int = 0                 # decode runs last: it reads the others' captures
     kwargs: dict = field(default_factory=dict)
+    peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
 
     @property
     def config_path(self):
@@ -557,6 +623,9 @@ SCENARIOS = [
              default=True),
     Scenario("peer-join-31", "lab-peer-31.toml", sc_peer_join,
              "the same with dlm-peer emulating an old 3.1 node (no OPTS/ACK/FIN to it)"),
+    Scenario("peer-locks", "lab-peer.toml", sc_peer_locks,
+             "dlm-peer masters a resource kernels wait on (BAST, GRANT after its unlock) and is a directory node",
+             default=True, peer_args={3: ["--lock", "alpha:res-peer:EX:3"]}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),

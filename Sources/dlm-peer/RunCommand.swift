@@ -8,6 +8,37 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
+/// Takes `spec`'s lock, logs its callbacks (`LOCK`, `BAST`, `UNLOCK` lines a test can wait
+/// for), and releases it after `spec.seconds` (never when 0).
+func takeLock(_ spec: RunCommand.LockSpec, on peer: PeerNode, logger: Logger) {
+    let what = "\(spec.lockspace) \(spec.resource) \(spec.mode)"
+    let lkid = NIOLockedValueBox<UInt32>(0)
+    peer.lock(lockspace: spec.lockspace, name: spec.resource, mode: spec.mode, onCompletion: { c in
+        if c.endOfLife {
+            logger.info("UNLOCK \(what) done (\(c.status))")
+            return
+        }
+        logger.info("LOCK \(what) \(c.status == .granted ? "granted" : "failed: \(c.status)")")
+        guard c.status == .granted, spec.seconds > 0 else { return }
+        peer.eventLoop.scheduleTask(in: .nanoseconds(Int64(spec.seconds * 1e9))) {
+            logger.info("releasing \(what)")
+            peer.unlock(lockspace: spec.lockspace, lkid: lkid.withLockedValue { $0 }).whenFailure { e in
+                logger.error("UNLOCK \(what) failed: \(e)")
+            }
+        }
+    }, onBlocking: { mode in
+        logger.info("BAST \(what): a \(mode) request is waiting")
+    }).whenComplete { result in
+        switch result {
+        case .success(let id):
+            lkid.withLockedValue { $0 = id }
+            logger.info("requested \(what) (lkid \(String(id, radix: 16)))")
+        case .failure(let e):
+            logger.error("LOCK \(what) failed: \(e)")
+        }
+    }
+}
+
 /// `dlm-peer run --config FILE --node ID`: the userspace node.
 struct RunCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -28,6 +59,30 @@ struct RunCommand: ParsableCommand {
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
+
+    @Option(name: .customLong("lock"),
+            help: ArgumentHelp("After joining, take a lock and release it after SECONDS (0: keep it). Repeatable.",
+                               valueName: "LOCKSPACE:RESOURCE:MODE:SECONDS"))
+    var locks: [String] = []
+
+    struct LockSpec {
+        var lockspace: String
+        var resource: String
+        var mode: LockMode
+        var seconds: Double
+    }
+
+    func parsedLocks() throws -> [LockSpec] {
+        try locks.map { text in
+            let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 4, !parts[0].isEmpty, !parts[1].isEmpty,
+                  let mode = LockMode.allCases.first(where: { $0.description == parts[2].uppercased() && $0 != .iv }),
+                  let seconds = Double(parts[3]), seconds >= 0 else {
+                throw ValidationError("--lock \(text): expected LOCKSPACE:RESOURCE:MODE:SECONDS, MODE one of NL CR CW PR PW EX")
+            }
+            return LockSpec(lockspace: parts[0], resource: parts[1], mode: mode, seconds: seconds)
+        }
+    }
 
     func run() throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
@@ -51,6 +106,7 @@ struct RunCommand: ParsableCommand {
         if me.kind != .peer {
             logger.warning("node \(node) is a \(me.kind) node in \(config); running it as a dlm-peer anyway")
         }
+        let lockSpecs = try parsedLocks()
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let peer = try loop.submit { try PeerNode(config: cluster, nodeID: node, eventLoop: loop, logger: logger) }.wait()
@@ -83,6 +139,7 @@ struct RunCommand: ParsableCommand {
                 switch result {
                 case .success(let joined):
                     logger.info("joined \(joined.keys.sorted().joined(separator: ", ")); running (SIGTERM to leave)")
+                    for spec in lockSpecs { takeLock(spec, on: peer, logger: logger) }
                 case .failure(let e):
                     logger.error("join failed: \(e)")
                 }

@@ -1,20 +1,24 @@
 import DLMTransport
 import Logging
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A dlm-peer node: lowcomms (TCP, midcomms per peer) plus one recovery machine per lockspace,
 /// all on one event loop. It joins every lockspace the config lists it in, takes part in
 /// recovery as a kernel node would, and leaves with the FIN handshake.
 ///
-/// Lock traffic (DLM_MSG) is not served yet: the lock manager is wired in by issue 6; until
-/// then lock messages are logged and dropped, so scenarios keep resources off this node.
+/// Lock traffic (DLM_MSG) goes to the lockspace's `LockManager` once the join's recovery is
+/// done: the node serves as directory node, master and requester. Lock state does not yet take
+/// part in later recoveries (a membership change after the join), which is issue 5/6 work.
 public final class PeerNode: @unchecked Sendable {
     public let config: ClusterConfig
     public let nodeID: UInt32
     public let eventLoop: EventLoop
-    private let logger: Logger
-    private var lowcomms: Lowcomms?
-    private var lockspaces: [UInt32: LockspaceState] = [:]
+    fileprivate let logger: Logger
+    fileprivate var lowcomms: Lowcomms?
+    fileprivate var lockspaces: [UInt32: LockspaceState] = [:]
 
     /// Per-lockspace state; confined to `eventLoop`.
     final class LockspaceState {
@@ -24,14 +28,33 @@ public final class PeerNode: @unchecked Sendable {
         var timer: Scheduled<Void>?
         /// Completed by the first recovery (the join); later recoveries only log.
         var joined: EventLoopPromise<RecoveryReport>?
+        var locks: LockManager
+        /// Local lock calls by client tag: what to do on completion.
+        var clients: [UInt64: LocalLock] = [:]
 
-        init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, joined: EventLoopPromise<RecoveryReport>) {
+        init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, locks: LockManager,
+             joined: EventLoopPromise<RecoveryReport>) {
             self.name = name
             self.recovery = recovery
             self.table = table
+            self.locks = locks
             self.joined = joined
         }
     }
+
+    /// A lock taken through `lock(...)`, with its callbacks.
+    struct LocalLock {
+        var name: String
+        var onCompletion: @Sendable (LockManager.Completion) -> Void
+        var onBlocking: @Sendable (LockMode) -> Void
+    }
+
+    private let started = ContinuousClock.now
+    fileprivate var nextTag: UInt64 = 1
+    fileprivate var tickTask: RepeatedTask?
+
+    /// Time since the node started: the lock manager's clock.
+    fileprivate var elapsed: Duration { ContinuousClock.now - started }
 
     public init(config: ClusterConfig, nodeID: UInt32, eventLoop: EventLoop,
                 logger: Logger = Logger(label: "dlm.node")) throws {
@@ -69,9 +92,17 @@ public final class PeerNode: @unchecked Sendable {
         eventLoop.assertInEventLoop()
         let promise = eventLoop.makePromise(of: RecoveryReport.self)
         let rc = RecoveryConfig(config: config, lockspace: ls, node: nodeID)
+        let lmConfig = LockManager.Configuration(lockspaceID: ls.globalID, ourNodeID: nodeID,
+                                                 lvbLength: ls.lvbLength,
+                                                 protocolVersion: config.node(nodeID)?.protocolVersion ?? .v3_2)
         let state = LockspaceState(name: ls.name, recovery: LockspaceRecovery(config: rc),
                                    table: RecoveryLockTable(ourNodeID: nodeID, lvbLength: ls.lvbLength),
-                                   joined: promise)
+                                   locks: LockManager(lmConfig), joined: promise)
+        if tickTask == nil {
+            tickTask = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
+                self?.tick()
+            }
+        }
         lockspaces[ls.globalID] = state
         logger.info("joining lockspace \(ls.name) (id 0x\(String(ls.globalID, radix: 16))), members \(ls.members)")
         let members = config.weightedMembers(of: ls).map { RecoveryMember(nodeID: $0.nodeID, weight: $0.weight) }
@@ -88,6 +119,8 @@ public final class PeerNode: @unchecked Sendable {
                 for m in ls.recovery.memberIDs where m != nodeID { lowcomms?.memberRemoved(m) }
             }
             lockspaces.removeAll()
+            tickTask?.cancel()
+            tickTask = nil
             return lowcomms?.shutdown() ?? eventLoop.makeSucceededVoidFuture()
         }
     }
@@ -149,12 +182,15 @@ public final class PeerNode: @unchecked Sendable {
         case .lockingEnabled:
             logger.debug("\(ls.name): locking enabled")
         case .deliverLockMessage(let m, let node):
-            // Issue 6 wires the lock manager here.
-            logger.warning("\(ls.name): DLM_MSG \(MessageType.name(m.type)) from node \(node) not served (no lock manager yet)")
+            perform(ls.locks.receive(m, from: node, now: elapsed), ls)
         case .resendInFlightOperations, .grantPass:
             break
         case .recoveryDone(let report):
-            logger.info("\(ls.name): recovery done: \(report)")
+            logger.info("\(ls.name): recovery done: generation \(report.generation), members \(report.members)")
+            let members = ls.recovery.memberIDs.map { id in
+                LockManager.Member(nodeID: id, weight: config.node(id)?.weight ?? 1)
+            }
+            perform(ls.locks.setMembers(members, now: elapsed), ls)
             ls.joined?.succeed(report)
             ls.joined = nil
         case .recoveryFailed(let failure):
@@ -177,6 +213,63 @@ public final class PeerNode: @unchecked Sendable {
             case .debug: logger.debug("\(ls.name): \(text)")
             case .info: logger.info("\(ls.name): \(text)")
             case .warning: logger.warning("\(ls.name): \(text)")
+            }
+        }
+    }
+}
+
+extension PeerNode {
+    /// Takes a lock in lockspace `lockspace` as a local application would (on the event loop).
+    public func lock(lockspace: String, name: String, mode: LockMode, flags: LockFlags = [],
+                     onCompletion: @escaping @Sendable (LockManager.Completion) -> Void,
+                     onBlocking: @escaping @Sendable (LockMode) -> Void = { _ in }) -> EventLoopFuture<UInt32> {
+        eventLoop.submit { [self] in
+            guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
+                throw PeerNodeError("not a member of lockspace \(lockspace)")
+            }
+            let tag = nextTag
+            nextTag += 1
+            ls.clients[tag] = LocalLock(name: name, onCompletion: onCompletion, onBlocking: onBlocking)
+            let result = ls.locks.lock(name: Array(name.utf8), mode: mode, flags: flags, pid: UInt32(getpid()),
+                                       tag: tag, now: elapsed)
+            perform(result.actions, ls)
+            if let error = result.error {
+                ls.clients[tag] = nil
+                throw PeerNodeError("lock \(name) \(mode): \(error)")
+            }
+            return result.lkid
+        }
+    }
+
+    /// Releases lock `lkid` of `lockspace`; its completion reports -DLM_EUNLOCK.
+    public func unlock(lockspace: String, lkid: UInt32) -> EventLoopFuture<Void> {
+        eventLoop.submit { [self] in
+            guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
+                throw PeerNodeError("not a member of lockspace \(lockspace)")
+            }
+            let result = ls.locks.unlock(lkid: lkid, now: elapsed)
+            perform(result.actions, ls)
+            if let error = result.error { throw PeerNodeError("unlock \(lkid): \(error)") }
+        }
+    }
+
+    func tick() {
+        for ls in lockspaces.values { perform(ls.locks.tick(now: elapsed), ls) }
+    }
+
+    fileprivate func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
+        for action in actions {
+            switch action {
+            case .send(let m, let node):
+                lowcomms?.send(.message(m), to: node)
+            case .completion(let c):
+                let client = ls.clients[c.tag]
+                if c.endOfLife { ls.clients[c.tag] = nil }
+                client?.onCompletion(c)
+            case .blocking(let tag, _, let mode):
+                ls.clients[tag]?.onBlocking(mode)
+            case .log(let text):
+                logger.debug("\(ls.name): \(text)")
             }
         }
     }
