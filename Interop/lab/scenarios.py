@@ -443,6 +443,14 @@ def sc_peer_join(c, ck):
             ck.expect(v == want, "node%d: debugfs comms/%d/version is %r, expected %s" % (k, pid, v, want))
         dm = c.dmesg(k)
         ck.expect("recover" in dm and "done" in dm, "node%d: no finished recovery in dmesg" % k)
+    for pid in peers:
+        st = peer_status(pid)
+        ls = next((l for l in st.get("lockspaces", []) if l.get("name") == LS), None)
+        ck.expect(ls is not None and ls["members"] == sorted(c.cfg.lockspace(LS).members) and ls["generation"] >= 1
+                  and ls["phase"] == "running", "dlm-peer status of node%d: %s" % (pid, st))
+        for p in st.get("peers", []):
+            want = protocol_of(c, p["node"])   # the version in the peer's headers (a 6.x kernel says 3.2 even to a 3.1 node)
+            ck.expect(p["version"] == want, "dlm-peer status: node %s speaks %s, expected %s" % (p["node"], p["version"], want))
     ck.note("kernels lock %s (directory node %d)" % (res, directory_node(res.encode(), members)))
     blocking_and_lvb(c, ck, n1, n2, res=res)
     for pid in peers:
@@ -565,6 +573,16 @@ def peer_leaves(c, ck, pid, timeout=20):
 def recoveries_done(c, nid):
     """How many recoveries the kernel of `nid` has finished ("dlm_recover N ... done" in dmesg)."""
     return len(re.findall(r"dlm_recover \d+ generation \d+ done", c.dmesg(nid)))
+
+
+def peer_status(pid):
+    """`dlm-peer status --node ID --json` (its control socket is a Unix socket: no netns needed)."""
+    try:
+        r = subprocess.run([find_dlm_peer(), "status", "--node", str(pid), "--json"], capture_output=True,
+                           text=True, timeout=20)
+        return json.loads(r.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
 
 
 def wait_file(path, text, timeout):

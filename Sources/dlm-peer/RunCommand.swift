@@ -60,6 +60,9 @@ struct RunCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.")
     var logLevel: String = "info"
 
+    @Option(help: "The control socket for `dlm-peer status` (default: $XDG_RUNTIME_DIR or /tmp, dlm-peer.<node>.sock).")
+    var control: String?
+
     @Option(name: .customLong("lock"),
             help: ArgumentHelp("After joining, take a lock and release it after SECONDS (0: keep it). Repeatable.",
                                valueName: "LOCKSPACE:RESOURCE:MODE:SECONDS"))
@@ -111,6 +114,10 @@ struct RunCommand: ParsableCommand {
         let loop = group.next()
         let peer = try loop.submit { try PeerNode(config: cluster, nodeID: node, eventLoop: loop, logger: logger) }.wait()
 
+        let controlPath = control ?? ControlServer.defaultPath(node: node)
+        let controlServer = try? ControlServer.start(path: controlPath, node: peer, logger: logger).wait()
+        if controlServer == nil { logger.warning("control socket \(controlPath) unavailable: `dlm-peer status` will not work") }
+
         let done = DispatchSemaphore(value: 0)
         let signals = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
@@ -146,6 +153,7 @@ struct RunCommand: ParsableCommand {
             }
         }
         done.wait()
+        try? controlServer?.close().wait()
         try? group.syncShutdownGracefully()
     }
 }

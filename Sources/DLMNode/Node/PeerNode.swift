@@ -28,6 +28,7 @@ public final class PeerNode: @unchecked Sendable {
         var timer: Scheduled<Void>?
         /// Completed by the first recovery (the join); later recoveries only log.
         var joined: EventLoopPromise<RecoveryReport>?
+        var lastRecovery: RecoveryReport?
         var locks: LockManager
         /// Local lock calls by client tag: what to do on completion.
         var clients: [UInt64: LocalLock] = [:]
@@ -187,6 +188,7 @@ public final class PeerNode: @unchecked Sendable {
             break
         case .recoveryDone(let report):
             logger.info("\(ls.name): recovery done: generation \(report.generation), members \(report.members)")
+            ls.lastRecovery = report
             let members = ls.recovery.memberIDs.map { id in
                 LockManager.Member(nodeID: id, weight: config.node(id)?.weight ?? 1)
             }
@@ -250,6 +252,41 @@ extension PeerNode {
             let result = ls.locks.unlock(lkid: lkid, now: elapsed)
             perform(result.actions, ls)
             if let error = result.error { throw PeerNodeError("unlock \(lkid): \(error)") }
+        }
+    }
+
+    /// A snapshot of every lockspace and peer, taken on the event loop.
+    public func status() -> EventLoopFuture<NodeStatus> {
+        eventLoop.submit { [self] in
+            let now = NIODeadline.now()
+            let spaces = lockspaces.values.sorted { $0.name < $1.name }.map { ls -> NodeStatus.LockspaceStatus in
+                let r = ls.recovery
+                let resources = ls.locks.resourceViews.count
+                return NodeStatus.LockspaceStatus(
+                    name: ls.name, id: "0x" + String(r.config.globalID, radix: 16), members: r.memberIDs,
+                    generation: r.generation, ourSlot: r.ourSlot, slots: r.slots.map { "\($0.nodeID):\($0.slot)" },
+                    phase: "\(r.phase)", recoverStatus: "\(r.status)", recoverSeq: r.recoverSeq,
+                    completedRecoveries: r.completedRecoveries,
+                    lastRecoveryMilliseconds: ls.lastRecovery.map { Double($0.elapsed.nanoseconds) / 1e6 },
+                    waitingFor: r.waitingFor, resources: resources, locks: ls.locks.lockViews.count,
+                    rcomSent: r.counters.sent, rcomReceived: r.counters.received, rcomTimeouts: r.counters.timeouts)
+            }
+            let counters = lowcomms?.countersOnLoop() ?? LowcommsCounters()
+            let peers = counters.peers.values.sorted { $0.nodeID < $1.nodeID }.map { p -> NodeStatus.PeerStatus in
+                let m = p.midcomms
+                return NodeStatus.PeerStatus(
+                    node: p.nodeID, version: m.version.map { "\($0)" } ?? "unknown", finState: "\(m.finState)",
+                    nextSendSeq: m.nextSendSequence, nextExpectedSeq: m.nextExpectedSequence, unacked: m.unackedCount,
+                    oldestUnackedAgeMilliseconds: m.oldestUnackedSentAt.map { Double((now - $0).nanoseconds) / 1e6 },
+                    sent: m.sent, delivered: m.delivered, retransmits: m.retransmits, reconnects: p.reconnects,
+                    drops: Dictionary(uniqueKeysWithValues: m.drops.map { ("\($0.key)", $0.value) }),
+                    connectionsOpen: p.connectionsOpen,
+                    transmitConnectionOutgoing: p.transmitConnection == nil ? nil : p.transmitIsOutgoing,
+                    bytesIn: p.bytesIn, bytesOut: p.bytesOut)
+            }
+            return NodeStatus(node: nodeID, cluster: config.name,
+                              uptimeSeconds: Double((ContinuousClock.now - started).components.seconds),
+                              lockspaces: spaces, peers: peers)
         }
     }
 
