@@ -250,6 +250,22 @@ extension LockManager {
     // MARK: - Owner side
 
     /// A process copy named by `m_remid` (or `m_lkid` for LOOKUP_REPLY), if it exists.
+    /// The process copy a master's reply or callback names in `m_remid`, checked as
+    /// `validate_message` does; nil (logged) for an unknown lock or a rejected message. Only a
+    /// REQUEST_REPLY may be for a lock still on no queue (a request in flight).
+    mutating func replyTarget(_ message: DLMMessage, _ type: MessageType, from sender: UInt32,
+                              awaitingRequestReply: Bool = false) -> Lkb? {
+        guard let (lkb, lock) = processCopy(message.remid), (lkb.detached != nil) == awaitingRequestReply else {
+            log("\(type.description.lowercased()) from \(sender): no lock \(String(message.remid, radix: 16))")
+            return nil
+        }
+        guard validate(message, type, lkb: lkb, lock: lock, sender: sender) else {
+            invalid(message, from: sender)
+            return nil
+        }
+        return lkb
+    }
+
     func processCopy(_ id: UInt32) -> (Lkb, LockEntry)? {
         guard let lkb = lkbs[id], !lkb.isMasterCopy, let lock = entry(id) else { return nil }
         return (lkb, lock)
@@ -276,11 +292,7 @@ extension LockManager {
     }
 
     mutating func receiveRequestReply(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached != nil else {
-            log("request_reply from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .requestReply, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .requestReply, from: sender, awaitingRequestReply: true) else { return }
         let id = lkb.id
         let name = lkb.name
         let waited = lkb.waitType
@@ -357,11 +369,7 @@ extension LockManager {
     }
 
     mutating func receiveConvertReply(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached == nil else {
-            log("convert_reply from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .convertReply, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .convertReply, from: sender) else { return }
         let id = lkb.id
         let name = lkb.name
         let result = message.result
@@ -396,11 +404,7 @@ extension LockManager {
     }
 
     mutating func receiveUnlockReply(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached == nil else {
-            log("unlock_reply from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .unlockReply, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .unlockReply, from: sender) else { return }
         let id = lkb.id
         guard removeFromWaiters(id, .unlockReply, result: message.result) else { return }
         switch message.result {
@@ -417,11 +421,7 @@ extension LockManager {
     }
 
     mutating func receiveCancelReply(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached == nil else {
-            log("cancel_reply from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .cancelReply, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .cancelReply, from: sender) else { return }
         let id = lkb.id
         guard removeFromWaiters(id, .cancelReply, result: message.result) else { return }
         switch message.result {
@@ -444,11 +444,7 @@ extension LockManager {
     }
 
     mutating func receiveGrant(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached == nil else {
-            log("grant from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .grant, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .grant, from: sender) else { return }
         let id = lkb.id
         intake(id, message)
         mungeAltMode(id, message)
@@ -458,11 +454,7 @@ extension LockManager {
     }
 
     mutating func receiveBast(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, lock) = processCopy(message.remid), lkb.detached == nil else {
-            log("bast from \(sender): no lock \(String(message.remid, radix: 16))")
-            return
-        }
-        guard validate(message, .bast, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
+        guard let lkb = replyTarget(message, .bast, from: sender) else { return }
         guard let mode = LockMode(rawValue: message.bastmode) else { return }
         updateEntry(lkb.id) { $0.highBast = mode }
         queueBast(lkb.id, mode)

@@ -20,8 +20,9 @@ public final class PeerNode: @unchecked Sendable {
     fileprivate var lowcomms: Lowcomms?
     fileprivate var lockspaces: [UInt32: LockspaceState] = [:]
 
-    /// Per-lockspace state; confined to `eventLoop`.
-    final class LockspaceState {
+    /// Per-lockspace state; confined to `eventLoop` (hence `@unchecked Sendable`: only closures
+    /// that run on that loop capture it).
+    final class LockspaceState: @unchecked Sendable {
         let name: String
         var recovery: LockspaceRecovery
         var table: RecoveryLockTable
