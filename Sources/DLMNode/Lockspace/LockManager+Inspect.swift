@@ -45,7 +45,7 @@ extension LockManager {
 
     /// All resources (active, inactive and directory records), sorted by name.
     public var resourceViews: [ResourceView] {
-        rsbs.keys.sorted { $0.lexicographicallyPrecedes($1) }.compactMap { resourceView($0) }
+        rsbs.sortedNames.compactMap { resourceView($0) }
     }
 
     public func lockView(_ id: UInt32) -> LockView? {
@@ -64,8 +64,8 @@ extension LockManager {
     /// The directory: names whose dir node we are → the master we record.
     public var directory: [[UInt8]: UInt32] {
         var records: [[UInt8]: UInt32] = [:]
-        for (name, r) in rsbs where directoryNode(hash: r.hash) == us && r.master != 0 {
-            records[name] = r.master
+        for (key, r) in rsbs where directoryNode(hash: r.hash) == us && r.master != 0 {
+            records[key.bytes] = r.master
         }
         return records
     }
@@ -94,7 +94,8 @@ extension LockManager {
             if lkb.isMasterCopy && r.master != us { problems.append("master copy \(id) on rsb mastered by \(r.master)") }
             if lkb.parked != r.lookupList.contains(id) { problems.append("lock \(id) parked mismatch") }
         }
-        for (name, r) in rsbs {
+        for (key, r) in rsbs {
+            let name = key.bytes
             if (refs[name] ?? 0) != r.refs { problems.append("rsb \(printable(name)) refs \(r.refs) vs \(refs[name] ?? 0)") }
             if r.master == us {
                 for p in r.resource.invariantViolations() { problems.append("\(printable(name)): \(p)") }

@@ -121,7 +121,7 @@ public struct LockManager: Sendable {
     }
 
     public let config: Configuration
-    var rsbs: [[UInt8]: Rsb] = [:]
+    var rsbs: [ResourceName: Rsb] = [:]
     var lkbs: [UInt32: Lkb] = [:]
     public private(set) var members: [Member] = []
     var memberIDs: Set<UInt32> = []
@@ -168,7 +168,7 @@ public struct LockManager: Sendable {
 
     /// §3.9.2: reap inactive rsbs older than toss_secs; a master that is not the dir node sends REMOVE.
     mutating func scanToss() {
-        let names = rsbs.keys.sorted { $0.lexicographicallyPrecedes($1) }
+        let names = rsbs.sortedNames
         for name in names {
             guard let r = rsbs[name], let tossed = r.tossedAt else { continue }
             let dir = directoryNode(hash: r.hash)

@@ -30,10 +30,10 @@ public enum CRC32 {
 /// The kernel's `jhash(key, length, initval)`: Bob Jenkins' lookup3 over bytes, as in
 /// include/linux/jhash.h. The DLM uses initval 0 for `m_hash` and directory placement.
 public enum JHash {
-    @inline(__always)
+    @inlinable @inline(__always)
     static func rol(_ x: UInt32, _ k: UInt32) -> UInt32 { (x << k) | (x >> (32 - k)) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func mix(_ a: inout UInt32, _ b: inout UInt32, _ c: inout UInt32) {
         a &-= c; a ^= rol(c, 4); c &+= b
         b &-= a; b ^= rol(a, 6); a &+= c
@@ -43,7 +43,7 @@ public enum JHash {
         c &-= b; c ^= rol(b, 4); b &+= a
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func final(_ a: inout UInt32, _ b: inout UInt32, _ c: inout UInt32) {
         c ^= b; c &-= rol(b, 14)
         a ^= c; a &-= rol(c, 11)
@@ -54,6 +54,9 @@ public enum JHash {
         c ^= b; c &-= rol(b, 24)
     }
 
+    /// Inlinable so that callers in other modules get it specialized for their collection type
+    /// (resource names are hashed on every rsb look-up).
+    @inlinable
     public static func hash<C: Collection>(_ key: C, initval: UInt32 = 0) -> UInt32 where C.Element == UInt8 {
         var a: UInt32 = 0xDEAD_BEEF &+ UInt32(truncatingIfNeeded: key.count) &+ initval
         var b = a
