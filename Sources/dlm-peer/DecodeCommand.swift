@@ -31,7 +31,13 @@ struct DecodeCommand: ParsableCommand {
     var port: UInt16 = UInt16(WireLimits.defaultPort)
 
     func run() throws {
-        let source = try DecodeInput.load(input)
+        let source: DecodeInput
+        do {
+            source = try DecodeInput.load(input)
+        } catch let failure as DecodeFailure {
+            FileHandle.standardError.write(Data("dlm-peer decode: \(failure)\n".utf8))
+            throw ExitCode(2)
+        }
         var report = DecodeReport(json: json, summary: summary)
         switch source {
         case .capture(let bytes, let name):
@@ -69,14 +75,18 @@ enum DecodeInput {
     static func load(_ args: [String]) throws -> DecodeInput {
         if args.count == 1, FileManager.default.fileExists(atPath: args[0]) {
             guard let data = FileManager.default.contents(atPath: args[0]) else {
-                throw ValidationError("cannot read \(args[0])")
+                throw DecodeFailure.unreadable("cannot read \(args[0])")
             }
             let bytes = ByteBuffer(bytes: data)
             let magic = bytes.getInteger(at: 0, endianness: .little, as: UInt32.self) ?? 0
             if [0xA1B2_C3D4, 0xA1B2_3C4D, 0xD4C3_B2A1, 0x4D3C_B2A1, 0x0A0D_0D0A].contains(magic) {
                 return .capture(bytes, args[0])
             }
-            return .hex(try parseHex(String(decoding: data, as: UTF8.self)))
+            do {
+                return .hex(try parseHex(String(decoding: data, as: UTF8.self)))
+            } catch {
+                throw DecodeFailure.unreadable("\(args[0]) is neither a capture (no pcap/pcapng magic) nor hex text: \(error)")
+            }
         }
         if args.isEmpty || args == ["-"] {
             let data = FileHandle.standardInput.readDataToEndOfFile()
@@ -101,7 +111,8 @@ enum DecodeInput {
                 } else if let v = c.hexDigitValue {
                     digits.append(UInt8(v))
                 } else if !(c == " " || c == "\t" || c == ":" || c == "-" || c == ",") {
-                    throw DecodeFailure.badHex("unexpected character '\(c)'")
+                    let shown = c.isASCII && !c.isWhitespace ? "'\(c)'" : "U+" + String(c.unicodeScalars.first?.value ?? 0, radix: 16)
+                    throw DecodeFailure.badHex("unexpected character \(shown)")
                 }
                 previous = c
             }
