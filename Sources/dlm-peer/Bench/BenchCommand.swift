@@ -1,4 +1,8 @@
 import ArgumentParser
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,4 +22,28 @@ struct BenchOptions: ParsableArguments {
 
     @Option(help: "Seconds to run each measurement.")
     var seconds: Double = 1.0
+}
+
+/// The second process of a two-process benchmark: this same binary with `arguments` (a hidden
+/// `--serve` mode), its stdout piped back; `stop()` ends it by its PID.
+final class BenchChild {
+    let process = Process()
+    let output = Pipe()
+    private let input = Pipe()
+
+    init(arguments: [String]) throws {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        process.executableURL = URL(fileURLWithPath: exe)
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardInput = input
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func stop() {
+        kill(pid, SIGTERM)
+        process.waitUntilExit()
+    }
 }

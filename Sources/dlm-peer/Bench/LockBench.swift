@@ -460,22 +460,10 @@ struct RemoteLockBench {
     }
 
     func run() throws -> Result {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: exe)
-        child.arguments = ["bench", "locks", "--serve", "--port", "\(port)", "--in-flight", "\(inFlight)"]
-        let out = Pipe()
-        let input = Pipe()
-        child.standardOutput = out
-        child.standardInput = input
-        try child.run()
-        let pid = child.processIdentifier
-        defer {
-            kill(pid, SIGTERM)
-            child.waitUntilExit()
-        }
+        let child = try BenchChild(arguments: ["bench", "locks", "--serve", "--port", "\(port)", "--in-flight", "\(inFlight)"])
+        defer { child.stop() }
         var buffer = ""
-        _ = try Self.waitFor(["ready", "failed"], in: out.fileHandleForReading, buffer: &buffer)
+        _ = try Self.waitFor(["ready", "failed"], in: child.output.fileHandleForReading, buffer: &buffer)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { try? group.syncShutdownGracefully() }
@@ -485,7 +473,7 @@ struct RemoteLockBench {
         let peer = try loop.submit { try PeerNode(config: config, nodeID: 1, eventLoop: loop, logger: logger) }.wait()
         _ = try loop.flatSubmit { peer.start() }.wait()
         buffer = ""
-        _ = try Self.waitFor(["locked", "failed"], in: out.fileHandleForReading, buffer: &buffer)
+        _ = try Self.waitFor(["locked", "failed"], in: child.output.fileHandleForReading, buffer: &buffer)
 
         // Baseline: raw TCP ping-pong to the child, same loop.
         let raw = try RawClient.connect(loop: loop, port: port + 1)
@@ -597,16 +585,14 @@ final class RawBatch: @unchecked Sendable {
     let seconds: Double
     let promise: EventLoopPromise<LocalLockBench.Batch>
     var left = 0
-    var rounds = 0
-    var start: UInt64 = 0
-    var t0: UInt64 = 0
-    var best = Double.infinity
+    var rounds: BatchRounds
 
     init(raw: RawClient, count: Int, size: Int, seconds: Double) {
         self.raw = raw
         self.count = count
         self.size = size
         self.seconds = seconds
+        rounds = BatchRounds(count: count, seconds: seconds)
         promise = raw.channel.eventLoop.makePromise()
     }
 
@@ -618,14 +604,13 @@ final class RawBatch: @unchecked Sendable {
                 left -= 1
                 if left == 0 { roundDone() }
             }
-            rounds = -1  // the first round warms up
             round()
         }
         return promise.futureResult
     }
 
     private func round() {
-        t0 = monotonicNanos()
+        let t0 = rounds.begin()
         left = count
         let template = RawMsg.make(cmd: 2, size: size, stamp: t0)
         for _ in 0..<count { raw.channel.write(template, promise: nil) }
@@ -633,6 +618,33 @@ final class RawBatch: @unchecked Sendable {
     }
 
     private func roundDone() {
+        if let batch = rounds.end() { promise.succeed(batch) } else { round() }
+    }
+}
+
+/// Timing of repeated rounds of `count` operations: the first round warms up, then rounds run
+/// until `seconds` have passed; the result is the best round's rate and the average.
+struct BatchRounds {
+    let count: Int
+    let seconds: Double
+    private var rounds = -1
+    private var start: UInt64 = 0
+    private var t0: UInt64 = 0
+    private var best = Double.infinity
+
+    init(count: Int, seconds: Double) {
+        self.count = count
+        self.seconds = seconds
+    }
+
+    /// Starts a round; returns its start time.
+    mutating func begin() -> UInt64 {
+        t0 = monotonicNanos()
+        return t0
+    }
+
+    /// Ends a round: the result once enough time has passed, else nil (run another round).
+    mutating func end() -> LocalLockBench.Batch? {
         let now = monotonicNanos()
         rounds += 1
         if rounds == 0 {
@@ -640,13 +652,10 @@ final class RawBatch: @unchecked Sendable {
         } else {
             best = min(best, Double(now - t0))
         }
-        if rounds > 0 && now - start >= UInt64(seconds * 1e9) {
-            promise.succeed(LocalLockBench.Batch(best: Double(count) / (best / 1e9),
-                                                 average: Double(count * rounds) / (Double(now - start) / 1e9),
-                                                 rounds: rounds))
-        } else {
-            round()
-        }
+        guard rounds > 0 && now - start >= UInt64(seconds * 1e9) else { return nil }
+        return LocalLockBench.Batch(best: Double(count) / (best / 1e9),
+                                    average: Double(count * rounds) / (Double(now - start) / 1e9),
+                                    rounds: rounds)
     }
 }
 
@@ -660,10 +669,7 @@ final class InFlightDriver: @unchecked Sendable {
     let promise: EventLoopPromise<LocalLockBench.Batch>
     var lkids: [UInt32]
     var left = 0
-    var rounds = 0
-    var start: UInt64 = 0
-    var t0: UInt64 = 0
-    var best = Double.infinity
+    var rounds: BatchRounds
     var failed = false
 
     init(peer: PeerNode, count: Int, seconds: Double) {
@@ -672,13 +678,13 @@ final class InFlightDriver: @unchecked Sendable {
         self.seconds = seconds
         names = (0..<count).map(LockBenchServer.remoteInFlightName)
         lkids = [UInt32](repeating: 0, count: count)
+        rounds = BatchRounds(count: count, seconds: seconds)
         promise = peer.eventLoop.makePromise()
     }
 
     func run() -> EventLoopFuture<LocalLockBench.Batch> {
         peer.eventLoop.execute { [self] in
-            rounds = -1  // the first round warms up (directory lookups)
-            round()
+            round()  // the first round warms up (directory lookups)
         }
         return promise.futureResult
     }
@@ -690,7 +696,7 @@ final class InFlightDriver: @unchecked Sendable {
     }
 
     private func round() {
-        t0 = monotonicNanos()
+        _ = rounds.begin()
         left = count
         for i in 0..<count {
             peer.lock(lockspace: LockBench.lockspaceName, name: names[i], mode: .ex, onCompletion: { [self] c in
@@ -715,19 +721,6 @@ final class InFlightDriver: @unchecked Sendable {
         }
         left -= 1
         guard left == 0 else { return }
-        let now = monotonicNanos()
-        rounds += 1
-        if rounds == 0 {
-            start = now
-        } else {
-            best = min(best, Double(now - t0))
-        }
-        if rounds > 0 && now - start >= UInt64(seconds * 1e9) {
-            promise.succeed(LocalLockBench.Batch(best: Double(count) / (best / 1e9),
-                                                 average: Double(count * rounds) / (Double(now - start) / 1e9),
-                                                 rounds: rounds))
-        } else {
-            round()
-        }
+        if let batch = rounds.end() { promise.succeed(batch) } else { round() }
     }
 }

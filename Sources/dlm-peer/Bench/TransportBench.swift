@@ -261,22 +261,10 @@ struct TransportBenchClient {
     }
 
     func run() throws {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: exe)
-        child.arguments = ["bench", "transport", "--serve", "--port", "\(port)", "--size", "\(size)"]
-        let out = Pipe()
-        let input = Pipe()
-        child.standardOutput = out
-        child.standardInput = input
-        try child.run()
-        let pid = child.processIdentifier
-        defer {
-            // Stop the child by its PID.
-            kill(pid, SIGTERM)
-            child.waitUntilExit()
-        }
-        let ready = out.fileHandleForReading.availableData
+        let child = try BenchChild(arguments: ["bench", "transport", "--serve", "--port", "\(port)", "--size", "\(size)"])
+        let pid = child.pid
+        defer { child.stop() }
+        let ready = child.output.fileHandleForReading.availableData
         guard String(decoding: ready, as: UTF8.self).contains("ready") else {
             throw ValidationError("the --serve child (pid \(pid)) did not start")
         }
