@@ -525,6 +525,71 @@ def sc_peer_locks(c, ck):
     expect_at_least(ck, counts, *msg(pid, n2, "LOOKUP_REPLY"), 1)
 
 
+def sc_peer_bench(c, ck, count=300, rounds=3):
+    """The lab half of `bench locks`: one kernel's lock + unlock round trips (EX, its own lock
+    client through /dev/dlm) to a resource mastered by another kernel, next to the same on a
+    resource mastered by dlm-peer, interleaved in the same run. Both resources are placed so
+    that their master is also their directory node, so after the first lookup every round trip
+    is REQUEST/REQUEST_REPLY + UNLOCK/UNLOCK_REPLY to the master. The kernels run under QEMU
+    (TCG) and dlm-peer natively, so the figures compare the setups of this lab, not CPUs."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    n1, n2 = kernels[:2]
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    kres = next(n for n in ("bench-k%d" % i for i in range(200)) if directory_node(n.encode(), members) == n2)
+    ck.require(directory_node(BENCH_PEER_RES.encode(), members) == pid,
+               "%s must hash to dlm-peer (node %d) as its directory node" % (BENCH_PEER_RES, pid))
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    ck.require(wait_file(peer.log, "LOCK %s %s NL granted" % (LS, BENCH_PEER_RES), 30),
+               "dlm-peer did not get its NL on %s:\n%s" % (BENCH_PEER_RES, tail(peer.log)))
+    c.agent_start(n2, LS)
+    ev = c.agent(n2, LS, "lock hold %s NL" % kres, wait="CAST hold ")
+    ck.require(ev.get("status") == "OK", "node%d: NL on %s: %s" % (n2, kres, ev["line"]))
+    c.agent_start(n1, LS)
+    results = {"kernel": [], "peer": []}
+    for r in range(rounds):
+        for kind, res in (("kernel", kres), ("peer", BENCH_PEER_RES)):
+            tag = "b%s%d" % (kind[0], r)
+            ev = c.agent(n1, LS, "loop %s %s EX %d" % (tag, res, count), wait="LOOPDONE %s " % tag,
+                         timeout=max(60, count * 0.2))
+            ck.require(ev.get("ok") == str(count) and ev.get("failed") == "0",
+                       "node%d loop on %s: %s" % (n1, res, ev["line"]))
+            results[kind].append(float(ev["avg_ms"]))
+            ck.note("round %d, master %s (%s): %d lock+unlock, avg %.3f ms, min %s ms, max %s ms"
+                    % (r, kind, res, count, float(ev["avg_ms"]), ev.get("min_ms"), ev.get("max_ms")))
+    # the first round warms up (lookups, connections); the figures are from the best round
+    k_ms, p_ms = min(results["kernel"]), min(results["peer"])
+    ck.metric("kernel_master_avg_ms", round(k_ms, 3), "ms")
+    ck.metric("peer_master_avg_ms", round(p_ms, 3), "ms")
+    ck.metric("kernel_master_pairs_per_s", round(1000.0 / k_ms, 1), "1/s")
+    ck.metric("peer_master_pairs_per_s", round(1000.0 / p_ms, 1), "1/s")
+    ck.metric("peer_vs_kernel_latency_ratio", round(p_ms / k_ms, 3), "x")
+    c.agent(n2, LS, "unlock hold", wait="CAST hold ")
+    c.agent_quit(n1, LS)
+    c.agent_quit(n2, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
+    counts = dec.get("counts_by_direction", {})
+    pre = "v3.2 OPTS>MSG " if link_protocol(c, n1, pid) == "3.2" else "v%s MSG " % protocol_of(c, n1)
+    # every loop iteration on the dlm-peer resource is one request and one UNLOCK to dlm-peer; the
+    # first request is a LOOKUP (dlm-peer is the directory node), which dlm-peer, being also the
+    # master, serves as the request itself (as a kernel directory node does)
+    d = "%d->%d" % (n1, pid)
+    requests = counts.get(d, {}).get(pre + "REQUEST", 0) + counts.get(d, {}).get(pre + "LOOKUP", 0)
+    ck.expect(requests >= count * rounds, "capture: %s REQUEST+LOOKUP: expected at least %d, saw %d"
+              % (d, count * rounds, requests))
+    expect_at_least(ck, counts, d, pre + "UNLOCK", count * rounds)
+
+
+BENCH_PEER_RES = "bench-p2"
+
+
 PEER_RES = "res-peer"
 
 
@@ -644,6 +709,9 @@ SCENARIOS = [
     Scenario("peer-locks", "lab-peer.toml", sc_peer_locks,
              "dlm-peer masters a resource kernels wait on (BAST, GRANT after its unlock) and is a directory node",
              default=True, peer_args={3: ["--lock", "alpha:res-peer:EX:3"]}),
+    Scenario("peer-bench", "lab-peer.toml", sc_peer_bench,
+             "benchmark: a kernel's lock+unlock round trips to a kernel master next to a dlm-peer master",
+             peer_args={3: ["--lock", "alpha:bench-p2:NL:0"]}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
