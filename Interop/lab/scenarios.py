@@ -518,7 +518,11 @@ def sc_peer_locks(c, ck):
     def msg(a, b, t):   # the key of a DLM_MSG from a to b
         pre = "v3.2 OPTS>MSG " if link_protocol(c, a, b) == "3.2" else "v%s MSG " % protocol_of(c, a)
         return "%d->%d" % (a, b), pre + t
-    expect_at_least(ck, counts, *msg(n1, pid, "REQUEST"), 1)          # PR to dlm-peer, the master
+    # PR to dlm-peer, the master: a REQUEST, or a LOOKUP when dlm-peer is also the directory
+    # node (the directory node that is the master serves the lookup as the request)
+    d, key = msg(n1, pid, "REQUEST")
+    requests = counts.get(d, {}).get(key, 0) + counts.get(d, {}).get(key.replace("REQUEST", "LOOKUP"), 0)
+    ck.expect(requests >= 1, "capture: %s REQUEST or LOOKUP: expected at least 1, saw %d" % (d, requests))
     expect_at_least(ck, counts, *msg(pid, n1, "REQUEST_REPLY"), 1)    # -EINPROGRESS
     expect_at_least(ck, counts, *msg(pid, n1, "GRANT"), 1)            # after dlm-peer's unlock
     expect_at_least(ck, counts, *msg(n2, pid, "LOOKUP"), 1)           # dlm-peer as directory
@@ -585,6 +589,107 @@ def sc_peer_bench(c, ck, count=300, rounds=3):
     ck.expect(requests >= count * rounds, "capture: %s REQUEST+LOOKUP: expected at least %d, saw %d"
               % (d, count * rounds, requests))
     expect_at_least(ck, counts, d, pre + "UNLOCK", count * rounds)
+
+
+def start_joins(c, lsname, timeout):
+    """Every kernel member starts joining `lsname` (dlmlc join in the background); returns the
+    kernels. For scenarios where the join is expected to fail or hang."""
+    ls = c.cfg.lockspace(lsname)
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    members = sorted(ls.members)
+    c.step("join %s (global id 0x%08x) on nodes %s, members %s; expected to fail" % (lsname, ls.global_id, kernels, members))
+    for i in kernels:
+        c.kernel(i).bg("dlmlc join %s --id 0x%08x --timeout %d %s" % (lsname, ls.global_id, timeout, c._member_args(members)),
+                       "/tmp/join-%s.log" % lsname)
+    return kernels
+
+
+def sc_peer_lvb_mismatch(c, ck):
+    """S11: dlm-peer's lockspace has LVB length 64, the kernels' 32 (the /dev/dlm default). Each
+    side checks the other's RCOM_STATUS(_REPLY): the kernels log "config mismatch" and their
+    create returns -EPROTO; dlm-peer logs the mismatch and refuses the join. Nothing hangs."""
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    t0 = time.time()
+    kernels = start_joins(c, LS, 30)
+    for i in kernels:
+        line = c.kernel(i).waitlog("/tmp/join-%s.log" % LS, "JOINED|JOINFAILED|ERROR", 1, 45)
+        ck.expect("JOINFAILED" in line, "node%d: the join should fail with -EPROTO: %s" % (i, line))
+        out = c.kernel(i).sh("cat /tmp/join-%s.log" % LS)
+        ck.expect("rv=-71" in out, "node%d: the create should return -EPROTO (-71):\n%s" % (i, out))
+    ck.metric("kernels_refused_after", round(time.time() - t0, 3))
+    mism = [i for i in kernels if "config mismatch" in c.dmesg(i)]
+    ck.expect(mism, "no kernel logged 'config mismatch' (dmesg of %s)" % kernels)
+    ck.note("kernels logging 'config mismatch': %s" % mism)
+    ck.expect(wait_file(peer.log, "config mismatch", 10), "dlm-peer did not log the config mismatch:\n%s" % tail(peer.log))
+    ck.expect(wait_file(peer.log, "join failed", 10), "dlm-peer did not refuse the join:\n%s" % tail(peer.log))
+    st = peer_status(pid)
+    ls = next((l for l in st.get("lockspaces", []) if l.get("name") == LS), None)
+    ck.expect(ls is None or ls.get("completed_recoveries", 0) == 0,
+              "dlm-peer status shows %s as joined: %s" % (LS, st))
+
+
+def sc_peer_wrong_id(c, ck):
+    """S12: dlm-peer names the lockspace with another global id. The kernels' RCOM_STATUS for
+    theirs is answered "not ready" (dlm-peer has no such lockspace) and dlm-peer's is answered
+    "not ready" by them: the kernels' recovery waits (the kernel never gives up), and the
+    cluster manager's timeouts report it: dlmlc's join timeout on the kernels, dlm-peer's
+    --join-timeout naming the node it waits for."""
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    kernels = start_joins(c, LS, 15)
+    for i in kernels:
+        line = c.kernel(i).waitlog("/tmp/join-%s.log" % LS, "JOINED|JOINFAILED|ERROR", 1, 40)
+        ck.expect("ERROR" in line and "not joined after" in line,
+                  "node%d: the join should still wait after 15 s: %s" % (i, line))
+        ck.expect("join complete" not in c.dmesg(i), "node%d: a join completed" % i)
+    ck.expect(wait_file(peer.log, "not joined after", 30),
+              "dlm-peer did not report its stuck join:\n%s" % tail(peer.log))
+    log = open(peer.log).read()
+    ck.expect(re.search(r"waiting for node [0-9]+", log) is not None,
+              "dlm-peer's report does not name the node it waits for:\n%s" % tail(peer.log))
+    st = peer_status(pid)
+    ls = next((l for l in st.get("lockspaces", []) if l.get("name") == LS), None)
+    ck.expect(ls is not None and ls.get("completed_recoveries") == 0 and ls.get("id") == "0x12345678",
+              "dlm-peer status: %s" % st)
+    # the kernels are stuck in the create write (uninterruptible); the VMs are torn down as they are
+
+
+def sc_peer_weight0(c, ck, names=24):
+    """S17: dlm-peer with weight 0 is never a directory node: kernels lock many names and none
+    of their LOOKUPs (nor any RCOM_LOOKUP) goes to dlm-peer; dlm-peer still masters the resource
+    it locks first (its own lookup goes to a kernel directory node) and kernels then send their
+    requests for it to dlm-peer."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    n1, n2 = kernels[:2]
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    for i in range(names):
+        ck.require(directory_node(("w0-%d" % i).encode(), members) != pid, "directory placement gives node %d weight 0" % pid)
+    c.join(LS)
+    ck.require(wait_file(peer.log, "LOCK %s %s EX granted" % (LS, PEER_RES), 30),
+               "dlm-peer did not get its EX on %s:\n%s" % (PEER_RES, tail(peer.log)))
+    c.agent_start(n1, LS)
+    for i in range(names):
+        ev = c.agent(n1, LS, "lock w%d w0-%d EX" % (i, i), wait="CAST w%d " % i)
+        ck.expect(ev.get("status") == "OK", "node%d: EX on w0-%d: %s" % (n1, i, ev["line"]))
+    ev = c.agent(n1, LS, "lock kp %s PR NOQUEUE" % PEER_RES, wait="CAST kp ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on dlm-peer's EX: %s" % (n1, ev["line"]))
+    for i in range(names):
+        c.agent(n1, LS, "unlock w%d" % i, wait="CAST w%d " % i)
+    c.agent_quit(n1, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
+    counts = dec.get("counts_by_direction", {})
+    to_peer = {k: v for d, kv in counts.items() if d.endswith("->%d" % pid) for k, v in kv.items()}
+    lookups = sum(v for k, v in to_peer.items() if k.endswith("LOOKUP"))
+    ck.expect(lookups == 0, "dlm-peer (weight 0) received %d LOOKUP/RCOM LOOKUP messages: %s" % (lookups, to_peer))
+    ck.expect(any(k.endswith("MSG REQUEST") for k in to_peer), "no REQUEST to dlm-peer, the master of %s: %s" % (PEER_RES, to_peer))
+    from_peer = {k: v for d, kv in counts.items() if d.startswith("%d->" % pid) for k, v in kv.items()}
+    ck.expect(any(k.endswith("MSG LOOKUP") for k in from_peer), "dlm-peer sent no LOOKUP to a kernel directory node: %s" % from_peer)
 
 
 BENCH_PEER_RES = "bench-p2"
@@ -712,6 +817,19 @@ SCENARIOS = [
     Scenario("peer-bench", "lab-peer.toml", sc_peer_bench,
              "benchmark: a kernel's lock+unlock round trips to a kernel master next to a dlm-peer master",
              peer_args={3: ["--lock", "alpha:bench-p2:NL:0"]}),
+    Scenario("peer-join-low", "lab-peer-low.toml", sc_peer_join,
+             "peer-join with dlm-peer as the lowest node (the recovery coordinator)"),
+    Scenario("peer-locks-low", "lab-peer-low.toml", sc_peer_locks,
+             "peer-locks with dlm-peer as the lowest node", peer_args={1: ["--lock", "alpha:res-peer:EX:3"]}),
+    Scenario("peer-lvb-mismatch", "lab-peer.toml", sc_peer_lvb_mismatch,
+             "S11: dlm-peer's LVB length 64 against 32: both sides refuse (config mismatch, -EPROTO)",
+             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-lvb64.toml")]}),
+    Scenario("peer-wrong-id", "lab-peer.toml", sc_peer_wrong_id,
+             "S12: dlm-peer uses another global id: recovery waits on 'not ready', the join timeouts report it",
+             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-badid.toml"), "--join-timeout", "8"]}),
+    Scenario("peer-weight0", "lab-peer-w0.toml", sc_peer_weight0,
+             "S17: dlm-peer with weight 0 is never a directory node but masters what it locks first",
+             peer_args={3: ["--lock", "alpha:res-peer:EX:0"]}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),

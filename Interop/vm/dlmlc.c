@@ -344,6 +344,8 @@ static int ls_write(const char *ls, const char *file, const char *val)
 	return write_str(p, val);
 }
 
+static void rm_config(const char *ls);
+
 static int cmd_join(int argc, char **argv)
 {
 	const char *ls = NULL;
@@ -403,8 +405,6 @@ static int cmd_join(int argc, char **argv)
 			fail("join %s: no online uevent in %d s", ls, timeout);
 		}
 	}
-	if (us >= 0)
-		close(us);
 	double t1 = now();
 	printf("%.6f ONLINE ls=%s (%s) after %.3f s\n", t1, ls, how, t1 - t0);
 	/* dlm_controld's order: id, configfs members, control=1, event_done=0 */
@@ -423,15 +423,26 @@ static int cmd_join(int argc, char **argv)
 		fail("join %s: control/event_done", ls);
 	printf("%.6f CONFIGURED ls=%s id members control=1 event_done=0\n", now(), ls);
 	fflush(stdout);
-	/* the create write returns once recovery is done everywhere */
+	/* the create write returns once recovery is done everywhere. If the first recovery
+	   fails (a config mismatch, say), the kernel leaves the lockspace group: it emits
+	   "offline" and waits for our answer before the create returns the error. */
 	int st = -1;
 	while (waitpid(pid, &st, WNOHANG) != pid) {
 		if (now() > end) {
 			kill(pid, SIGKILL);
 			fail("join %s: not joined after %d s (do all members join?)", ls, timeout);
 		}
-		usleep(2000);
+		if (us >= 0 && uevent_wait(us, "offline", ls, 2)) {
+			printf("%.6f OFFLINE ls=%s during the join: the first recovery failed; answering\n", now(), ls);
+			fflush(stdout);
+			ls_write(ls, "event_done", "0");
+			rm_config(ls);
+		} else if (us < 0) {
+			usleep(2000);
+		}
 	}
+	if (us >= 0)
+		close(us);
 	int ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
 	printf("%.6f %s ls=%s in %.3f s\n", now(), ok ? "JOINED" : "JOINFAILED", ls, now() - t0);
 	return ok ? 0 : 1;

@@ -68,6 +68,10 @@ struct RunCommand: ParsableCommand {
                                valueName: "LOCKSPACE:RESOURCE:MODE:SECONDS"))
     var locks: [String] = []
 
+    @Option(help: ArgumentHelp("Report a lockspace whose join has not finished after SECONDS (0: never), naming the recovery phase and the node it waits for.",
+                               valueName: "SECONDS"))
+    var joinTimeout: Double = 60
+
     struct LockSpec {
         var lockspace: String
         var resource: String
@@ -142,7 +146,15 @@ struct RunCommand: ParsableCommand {
             source.resume()
         }
         peer.eventLoop.execute {
-            peer.start().whenComplete { result in
+            let joining = peer.start()
+            if joinTimeout > 0 {
+                let timeout = joinTimeout
+                let check = peer.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) {
+                    reportSlowJoin(peer: peer, after: timeout, logger: logger)
+                }
+                joining.whenComplete { _ in check.cancel() }
+            }
+            joining.whenComplete { result in
                 switch result {
                 case .success(let joined):
                     logger.info("joined \(joined.keys.sorted().joined(separator: ", ")); running (SIGTERM to leave)")
@@ -155,5 +167,26 @@ struct RunCommand: ParsableCommand {
         done.wait()
         try? controlServer?.close().wait()
         try? group.syncShutdownGracefully()
+    }
+}
+
+/// The join has not finished after `seconds`: say where each unfinished lockspace is stuck. The
+/// usual causes are a member that never creates the lockspace, or creates it under another name
+/// or global id (it answers "not ready" for ours forever, as a kernel does), and a member that is
+/// not running at all. The kernel itself waits forever; this is the cluster manager's timeout.
+func reportSlowJoin(peer: PeerNode, after seconds: Double, logger: Logger) {
+    peer.status().whenSuccess { status in
+        for ls in status.lockspaces where ls.completedRecoveries == 0 {
+            var what = "\(ls.name) (\(ls.id)): not joined after \(Int(seconds)) s: recovery phase \(ls.phase)"
+            // A node that is not the lowest member waits for the lowest (the coordinator);
+            // the coordinator waits for everyone.
+            let low = ls.members.min()
+            if let n = ls.waitingFor ?? (low == status.node ? nil : low) {
+                what += ", waiting for node \(n): it has no lockspace \(ls.name) with id \(ls.id) yet (not running, not joined, or another name or id there)"
+            } else {
+                what += ", waiting for members \(ls.members.filter { $0 != status.node }.map(String.init).joined(separator: ", ")) (not running, not joined, or another lockspace name or id there)"
+            }
+            logger.error("\(what)")
+        }
     }
 }

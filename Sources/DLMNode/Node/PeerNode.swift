@@ -33,6 +33,8 @@ public final class PeerNode: @unchecked Sendable {
         var locks: LockManager
         /// Local lock calls by client tag: what to do on completion.
         var clients: [UInt64: LocalLock] = [:]
+        /// The join failed; the lockspace only answers RCOM_STATUS until it is dropped.
+        var failed = false
 
         init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, locks: LockManager,
              joined: EventLoopPromise<RecoveryReport>) {
@@ -112,12 +114,33 @@ public final class PeerNode: @unchecked Sendable {
         return promise.futureResult
     }
 
+    /// A lockspace whose join failed: its members no longer use their sessions. It still
+    /// answers RCOM_STATUS for a few seconds, so that members that ask after us see the same
+    /// mismatch and refuse too (rather than "not ready" until their cluster manager's timeout),
+    /// then it is dropped.
+    func abandon(_ ls: LockspaceState) {
+        ls.timer?.cancel()
+        ls.timer = nil
+        ls.failed = true
+        for n in ls.recovery.memberIDs where n != nodeID { lowcomms?.memberRemoved(n) }
+        logger.info("\(ls.name): not joined; the lockspace is dropped in \(Self.failedLockspaceGrace)")
+        eventLoop.scheduleTask(in: Self.failedLockspaceGrace) { [weak self, ls] in
+            guard let self, let id = self.lockspaces.first(where: { $0.value === ls })?.key else { return }
+            self.lockspaces[id] = nil
+            ls.timer?.cancel()
+            ls.timer = nil
+        }
+    }
+
+    static let failedLockspaceGrace = TimeAmount.seconds(5)
+
     /// Leaves every lockspace and closes every peer session with the DLM FIN handshake.
     public func leave() -> EventLoopFuture<Void> {
         eventLoop.flatSubmit { [self] in
             for (_, ls) in lockspaces {
                 ls.timer?.cancel()
                 logger.info("leaving lockspace \(ls.name)")
+                if ls.failed { continue }     // its members were released when its join failed
                 for m in ls.recovery.memberIDs where m != nodeID { lowcomms?.memberRemoved(m) }
             }
             lockspaces.removeAll()
@@ -198,8 +221,15 @@ public final class PeerNode: @unchecked Sendable {
             ls.joined = nil
         case .recoveryFailed(let failure):
             logger.error("\(ls.name): recovery failed: \(failure)")
-            ls.joined?.fail(PeerNodeError("\(ls.name): recovery failed: \(failure)"))
-            ls.joined = nil
+            if let joined = ls.joined {
+                // The join failed: as the kernel's failed create, the lockspace is gone and its
+                // members no longer count as users of their sessions, so a peer that closes
+                // its session (a kernel whose own join failed shuts its comms down) gets our
+                // FIN at once instead of waiting in CLOSE_WAIT.
+                ls.joined = nil
+                abandon(ls)
+                joined.fail(PeerNodeError("\(ls.name): recovery failed: \(failure)"))
+            }
         case .recoveryInterrupted(let seq):
             logger.info("\(ls.name): recovery \(seq) interrupted")
         case .scheduleTimer(let deadline):
