@@ -497,6 +497,8 @@ def sc_peer_locks(c, ck):
     ck.note("dlm-peer masters %s; directory node of %s is dlm-peer" % (PEER_RES, dir_res))
     ev = c.agent(n2, LS, "lock kd %s EX" % dir_res, wait="CAST kd ")
     ck.expect(ev.get("status") == "OK", "node%d: EX on %s: %s" % (n2, dir_res, ev["line"]))
+    for k in (n1, n2):
+        save_kernel_dumps(c, k, LS, "kd-held")
     ev = c.agent(n1, LS, "lock kd1 %s PR NOQUEUE" % dir_res, wait="CAST kd1 ")
     ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on %s held EX elsewhere: %s" % (n1, dir_res, ev["line"]))
     ev = c.agent(n2, LS, "unlock kd", wait="CAST kd ")
@@ -738,6 +740,18 @@ def peer_leaves(c, ck, pid, timeout=20):
             ck.expect("reset node %d: FIN handshake complete" % k in log,
                       "dlm-peer node%d: no completed FIN handshake with node%d" % (pid, k))
     ck.expect(left < 5.0, "dlm-peer node%d took %.2f s to leave" % (pid, left))
+
+
+def save_kernel_dumps(c, nid, lsname, label):
+    """The kernel's debugfs dumps of a lockspace (`<ls>`: resources and queues, `<ls>_waiters`)
+    saved as node<N>-<label>.dump in the run dir; returns the `<ls>` text."""
+    k = c.kernel(nid)
+    text = k.sh("cat /sys/kernel/debug/dlm/%s" % lsname)
+    waiters = k.sh("cat /sys/kernel/debug/dlm/%s_waiters 2>/dev/null || true" % lsname)
+    with open(os.path.join(c.rundir, "node%d-%s.dump" % (nid, label)), "w") as f:
+        f.write(text)
+        f.write("\n--- %s_waiters ---\n%s" % (lsname, waiters))
+    return text
 
 
 def recoveries_done(c, nid):
