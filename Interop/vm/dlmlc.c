@@ -830,6 +830,7 @@ static int parse_opts(char **w, int n, uint32_t *flags, char *lvb, int *have_lvb
 
 static int progress; /* log a PROGRESS line every this many loop iterations (0: never) */
 static int do_loop(int fd, const char *tag, const char *res, int mode, int count, uint32_t flags);
+static int do_many(int fd, const char *tag, const char *prefix, int mode, int count, uint32_t flags);
 
 /* returns 1 on quit */
 static int agent_cmd(int fd, char *line)
@@ -919,9 +920,63 @@ static int agent_cmd(int fd, char *line)
 		do_loop(fd, w[1], w[2], mode, atoi(w[4]), f);
 		return 0;
 	}
+	if (!strcmp(w[0], "many") && n >= 5) {
+		int mode = mode_of(w[3]);
+		if (mode < 0 || parse_opts(w + 5, n - 5, &f, lvb, &have_lvb)) {
+			L("ERR bad mode or flags");
+			return 0;
+		}
+		do_many(fd, w[1], w[2], mode, atoi(w[4]), f);
+		return 0;
+	}
 	L("ERR bad command (lock TAG RES MODE [FLAG..] [lvb=T|lvbhex=H] | convert TAG MODE [..] | "
-	  "unlock TAG [..] | cancel TAG | loop TAG RES MODE COUNT [FLAG..] | mark TEXT | quit)");
+	  "unlock TAG [..] | cancel TAG | loop TAG RES MODE COUNT [FLAG..] | "
+	  "many TAG PREFIX MODE COUNT [FLAG..] | mark TEXT | quit)");
 	return 0;
+}
+
+/* COUNT locks on PREFIX0, PREFIX1, ... taken with up to 256 requests in flight and held
+   until the agent exits (closing the device releases them). Not tracked by tag: for
+   loading a lockspace (recovery benchmarks). Logs MANYDONE with the count and the time. */
+static int do_many(int fd, const char *tag, const char *prefix, int mode, int count, uint32_t flags)
+{
+	struct alock *ms = calloc(count > 0 ? count : 1, sizeof(*ms));
+	if (!ms) {
+		L("ERR many: out of memory");
+		return -1;
+	}
+	double t0 = now();
+	int sent = 0, done = 0, ok = 0, failed = 0;
+	while (done < count) {
+		while (sent < count && sent - done < 256) {
+			struct alock *a = &ms[sent];
+			snprintf(a->res, sizeof(a->res), "%s%d", prefix, sent);
+			a->reslen = strlen(a->res);
+			int rv = lock_write(fd, DLM_USER_LOCK, a, mode, flags, NULL);
+			sent++;
+			if (rv < 0) {
+				failed++;
+				done++;
+			}
+		}
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 1000) <= 0)
+			continue;
+		struct cb cb;
+		if (read_cb(fd, &cb))
+			continue;
+		if (cb.kind == 1)
+			continue;           /* a blocking callback: these locks are only held */
+		done++;
+		if (cb.status == 0)
+			ok++;
+		else
+			failed++;
+	}
+	double t = now() - t0;
+	L("MANYDONE %s prefix=%s mode=%s count=%d ok=%d failed=%d secs=%.3f", tag, prefix, mode_name(mode),
+	  count, ok, failed, t);
+	return failed ? -1 : 0;
 }
 
 /* COUNT x (request + grant + unlock + EUNLOCK) on one resource; other callbacks are
