@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from . import capture, config as cfgmod, paths
+from . import capture, config as cfgmod, dumps as dumpmod, paths
 from .cluster import StepError, find_dlm_peer
 from .util import Skip, directory_node
 
@@ -694,6 +694,133 @@ def sc_peer_weight0(c, ck, names=24):
     ck.expect(any(k.endswith("MSG LOOKUP") for k in from_peer), "dlm-peer sent no LOOKUP to a kernel directory node: %s" % from_peer)
 
 
+def kernel_recovery_ms(c, nid, after=0):
+    """Durations (ms) of the recoveries the kernel of `nid` finished, from dmesg
+    ("dlm_recover N generation G done: T ms"), skipping the first `after`."""
+    return [int(m) for m in re.findall(r"dlm_recover \d+ generation \d+ done: (\d+) ms", c.dmesg(nid))][after:]
+
+
+def fail_node(c, ck, dead, timeout=120):
+    """Node `dead` fails: its VM is powered off (or its dlm-peer process killed with SIGKILL);
+    the cluster manager then stops the lockspace on every survivor and starts them with the
+    new member list (recovery.md §5.4). Returns {survivor: recovery ms} (kernels from dmesg,
+    dlm-peers from their status) and the wall time from the stop to the last recovery done."""
+    import signal as _signal
+    survivors = sorted(c.members[LS] - {dead})
+    before = {i: len(kernel_recovery_ms(c, i)) for i in survivors if not isinstance(c.nodes[i], cfgmod_peer_class())}
+    node = c.nodes[dead]
+    is_peer = isinstance(node, cfgmod_peer_class())
+    c.step("node%d fails (%s); survivors %s: stop all, then members+start all" % (
+        dead, "dlm-peer killed" if is_peer else "VM powered off", survivors))
+    if is_peer:
+        node.proc.send_signal(_signal.SIGKILL)
+        node.proc.wait(timeout=10)
+        c.state.drop_proc(node.proc.pid)
+        node.proc = None
+    else:
+        node.stop()
+    t0 = time.time()
+    for i in survivors:
+        node_stop(c, i)
+    for i in survivors:
+        node_start(c, i, survivors)
+    out = {}
+    for i in survivors:
+        if i in before:
+            line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
+            ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
+            end = time.time() + timeout
+            while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
+                time.sleep(0.2)
+            done = kernel_recovery_ms(c, i, before[i])
+            ck.require(done, "node%d: no recovery finished after node%d failed" % (i, dead))
+            out[i] = done[-1]
+        else:
+            out[i] = peer_wait_recovered(c, ck, i, survivors, timeout)
+    c.members[LS] = set(survivors)
+    return out, time.time() - t0
+
+
+def cfgmod_peer_class():
+    from .cluster import PeerNode as _P
+    return _P
+
+
+def node_stop(c, nid):
+    """The cluster manager's stop of the lockspace on one member (synchronous)."""
+    if isinstance(c.nodes[nid], cfgmod_peer_class()):
+        peer_ctl(c, nid, ["ls-stop", LS])
+    else:
+        c.kernel(nid).sh("dlmlc stop %s" % LS)
+
+
+def node_start(c, nid, members):
+    """The cluster manager's start with a member list (asynchronous: recovery runs)."""
+    if isinstance(c.nodes[nid], cfgmod_peer_class()):
+        peer_ctl(c, nid, ["ls-start", LS] + ["%d:%d" % (i, c.cfg.node(i).weight) for i in sorted(members)])
+    else:
+        c.kernel(nid).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(members)), "/tmp/members-%s.log" % LS)
+
+
+def peer_ctl(c, nid, args, timeout=60):
+    """`dlm-peer ARGS --node ID` against a running dlm-peer's control socket."""
+    r = subprocess.run([find_dlm_peer()] + list(args) + ["--node", str(nid)], capture_output=True, text=True,
+                       timeout=timeout)
+    c.trace("dlm-peer %s --node %d -> rc %d %s%s" % (" ".join(args), nid, r.returncode, r.stdout.strip(), r.stderr.strip()))
+    if r.returncode != 0:
+        raise StepError("dlm-peer %s --node %d failed (rc %d): %s%s" % (" ".join(args), nid, r.returncode, r.stdout, r.stderr))
+    return r.stdout
+
+
+def peer_wait_recovered(c, ck, nid, members, timeout):
+    """Waits until dlm-peer `nid` runs with `members` after a recovery; its duration in ms."""
+    end = time.time() + timeout
+    st = {}
+    while time.time() < end:
+        st = peer_status(nid)
+        ls = next((l for l in st.get("lockspaces", []) if l.get("name") == LS), None)
+        if ls and ls.get("phase") == "running" and ls.get("members") == sorted(members):
+            return ls.get("last_recovery_milliseconds")
+        time.sleep(0.1)
+    ck.require(False, "dlm-peer node%d did not recover with members %s: %s" % (nid, members, st))
+
+
+def sc_recovery_bench(c, ck, locks=0):
+    """Benchmark, recovery after a node failure: the lockspace forms (join time per node), the
+    first member takes `locks` PR locks (one resource each: it masters them all) and the second
+    takes PR on the same names (its process copies, mastered by the first); the first member
+    then fails. Measured: each survivor's recovery time (the directory rebuild, new masters by
+    RCOM_LOOKUP, the second member's locks rebuilt on the new masters by RCOM_LOCK, purge). The
+    invariants are then checked on the survivors' dumps, and the second member's locks must
+    all still be granted."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    first, second = kernels[0], kernels[1]
+    t = c.join(LS)
+    ck.metric("form", round(max(t.values()), 3))
+    if locks:
+        for i in (first, second):
+            c.agent_start(i, LS)
+            ev = c.agent(i, LS, "many m%d rb- PR %d" % (i, locks), wait="MANYDONE m%d " % i, timeout=60 + locks / 50)
+            ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (i, ev["line"]))
+            ck.metric("node%d_took_%d_locks" % (i, locks), float(ev["secs"]))
+    rec, wall = fail_node(c, ck, first)
+    for i, ms in sorted(rec.items()):
+        ck.metric("recovery_ms_node%d" % i, ms, "ms")
+    ck.metric("recovery_wall", round(wall, 3))
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    survivors = sorted(rec)
+    dumps_by_node = {}
+    for i in survivors:
+        if i in kernels:
+            dumps_by_node[i] = dumpmod.parse(save_kernel_dumps(c, i, LS, "after-recovery"))
+    problems = dumpmod.check(dumps_by_node, survivors)
+    ck.expect(not problems, "invariants after recovery: %s" % problems[:10])
+    held = sum(1 for r in dumps_by_node.get(second, {}).values() for l in r.locks
+               if l.queue == "granted" and l.grmode == "PR" and l.nodeid is None)
+    ck.expect(held == locks, "node%d holds %d of its %d PR locks after recovery" % (second, held, locks))
+    ck.note("%d locks: form %.3f s; recovery %s ms" % (locks, max(t.values()), rec))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -844,6 +971,12 @@ SCENARIOS = [
     Scenario("peer-weight0", "lab-peer-w0.toml", sc_peer_weight0,
              "S17: dlm-peer with weight 0 is never a directory node but masters what it locks first",
              peer_args={3: ["--lock", "alpha:res-peer:EX:0"]}),
+    Scenario("recovery-bench", "lab-3node.toml", sc_recovery_bench,
+             "benchmark: 3 kernels, one fails: recovery time with 0 locks"),
+    Scenario("recovery-bench-1k", "lab-3node.toml", sc_recovery_bench,
+             "benchmark: the same with 1,000 locks held by each of two kernels", kwargs={"locks": 1000}),
+    Scenario("recovery-bench-10k", "lab-3node.toml", sc_recovery_bench,
+             "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
