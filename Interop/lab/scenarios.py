@@ -737,8 +737,16 @@ def fail_node(c, ck, dead, timeout=120):
             out[i] = done[-1]
         else:
             out[i] = peer_wait_recovered(c, ck, i, survivors, timeout)
+    wall = time.time() - t0
     c.members[LS] = set(survivors)
-    return out, time.time() - t0
+    # As dlm_controld does for a node that failed: drop its comms entry on the kernels, which
+    # resets the kernel's midcomms state for it (dlm_midcomms_close); otherwise the kernel's
+    # last lockspace release would wait for a FIN handshake with the dead node. A node that
+    # comes back gets a new entry (renew).
+    for i in survivors:
+        if i in before:
+            c.kernel(i).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % dead)
+    return out, wall
 
 
 def cfgmod_peer_class():
@@ -819,6 +827,52 @@ def sc_recovery_bench(c, ck, locks=0):
                if l.queue == "granted" and l.grmode == "PR" and l.nodeid is None)
     ck.expect(held == locks, "node%d holds %d of its %d PR locks after recovery" % (second, held, locks))
     ck.note("%d locks: form %.3f s; recovery %s ms" % (locks, max(t.values()), rec))
+
+
+def sc_s4_master_dies(c, ck):
+    """S4: dlm-peer masters "r2" (it locks it first) and both kernels hold PR on it; dlm-peer is
+    killed (SIGKILL: no FIN, no leave) and the cluster manager removes it. A survivor becomes
+    the master (the first to look it up), both PR locks are rebuilt (RCOM_LOCK from the other),
+    nothing is granted twice (invariants on both dumps), and the locks still work: a NOQUEUE EX
+    fails, a conversion PR->EX waits for the other's PR and is granted after its unlock."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    peer = c.nodes[pid]
+    k1, k2 = kernels[:2]
+    c.join(LS)
+    ck.require(wait_file(peer.log, "LOCK %s r2 NL granted" % LS, 30), "dlm-peer did not get its NL on r2:\n%s" % tail(peer.log))
+    for k in (k1, k2):
+        c.agent_start(k, LS)
+        ev = c.agent(k, LS, "lock p r2 PR", wait="CAST p ")
+        ck.require(ev.get("status") == "OK", "node%d PR on r2: %s" % (k, ev["line"]))
+    before = {k: dumpmod.parse(save_kernel_dumps(c, k, LS, "before")) for k in (k1, k2)}
+    for k in (k1, k2):
+        r = before[k].get("r2")
+        ck.expect(r is not None and r.master == pid, "node%d: r2 should be mastered by dlm-peer (node %d): %s" % (k, pid, r))
+    rec, wall = fail_node(c, ck, pid)
+    ck.metric("recovery_ms_max", max(rec.values()), "ms")
+    after = {k: dumpmod.parse(save_kernel_dumps(c, k, LS, "after")) for k in (k1, k2)}
+    problems = dumpmod.check(after, [k1, k2])
+    ck.expect(not problems, "invariants after dlm-peer's death: %s" % problems)
+    masters = {k for k in (k1, k2) if after[k].get("r2") is not None and after[k]["r2"].master == 0}
+    ck.expect(len(masters) == 1, "r2 should have exactly one new master among %s: %s" % ((k1, k2), masters))
+    ck.note("new master of r2: node %s" % sorted(masters))
+    for k in (k1, k2):
+        d = c.dmesg(k)
+        ck.expect("remove member %d" % pid in d, "node%d dmesg lacks 'remove member %d'" % (k, pid))
+    ev = c.agent(k1, LS, "lock x r2 EX NOQUEUE", wait="CAST x ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE EX after recovery: %s" % (k1, ev["line"]))
+    c.agent(k1, LS, "convert p EX", wait="CONV p ")
+    time.sleep(0.5)
+    ck.expect("CAST p " not in c.agent_log(k1, LS).split("CONV p", 1)[-1],
+              "node%d's PR->EX was granted while node%d holds PR" % (k1, k2))
+    c.agent(k2, LS, "unlock p", wait="CAST p ")
+    ev = c.agent_wait(k1, LS, "CAST p ", count=2)
+    ck.expect(ev.get("status") == "OK", "node%d PR->EX after node%d's unlock: %s" % (k1, k2, ev["line"]))
+    c.agent(k1, LS, "unlock p", wait="CAST p ")
+    c.agent_quit(k1, LS)
+    c.agent_quit(k2, LS)
+    leave_all(c, ck, [k2, k1])
 
 
 BENCH_PEER_RES = "bench-p2"
@@ -977,6 +1031,11 @@ SCENARIOS = [
              "benchmark: the same with 1,000 locks held by each of two kernels", kwargs={"locks": 1000}),
     Scenario("recovery-bench-10k", "lab-3node.toml", sc_recovery_bench,
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
+    Scenario("s4-master-dies", "lab-peer.toml", sc_s4_master_dies,
+             "S4: dlm-peer masters r2, both kernels hold PR, dlm-peer is killed: a kernel becomes master, locks rebuilt",
+             peer_args={3: ["--lock", "alpha:r2:NL:0"]}),
+    Scenario("s4-master-dies-low", "lab-peer-low.toml", sc_s4_master_dies,
+             "S4 with dlm-peer as the lowest node (the coordinator dies)", peer_args={1: ["--lock", "alpha:r2:NL:0"]}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
