@@ -350,6 +350,7 @@ class Cluster:
         self._t0 = time.time()
         self.netns_up = False
         self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
+        self.late_peers = False     # the scenario starts its dlm-peers itself (PeerNode.start)
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))
@@ -442,10 +443,11 @@ class Cluster:
         self.trace("all kernel nodes up in %.2f s" % (time.time() - t0))
         for k in self.kernel_nodes:
             self.configure_comms(k)
-        for p in self.peers:
-            p.start()
-        for p in self.peers:
-            p.wait_ready()
+        if not self.late_peers:
+            for p in self.peers:
+                p.start()
+            for p in self.peers:
+                p.wait_ready()
 
     def configure_comms(self, k):
         """The cluster part of dlm_controld's startup, from the config file."""

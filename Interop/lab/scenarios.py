@@ -15,7 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from . import capture, config as cfgmod, dumps as dumpmod, paths
+from . import capture, config as cfgmod, dumps as dumpmod, paths, peerctl
 from .cluster import StepError, find_dlm_peer
 from .util import Skip, directory_node
 
@@ -757,7 +757,7 @@ def cfgmod_peer_class():
 def node_stop(c, nid):
     """The cluster manager's stop of the lockspace on one member (synchronous)."""
     if isinstance(c.nodes[nid], cfgmod_peer_class()):
-        peer_ctl(c, nid, ["ls-stop", LS])
+        peer_answer(c, nid, "ls-stop", peerctl.ls_stop(nid, LS))
     else:
         c.kernel(nid).sh("dlmlc stop %s" % LS)
 
@@ -765,19 +765,17 @@ def node_stop(c, nid):
 def node_start(c, nid, members):
     """The cluster manager's start with a member list (asynchronous: recovery runs)."""
     if isinstance(c.nodes[nid], cfgmod_peer_class()):
-        peer_ctl(c, nid, ["ls-start", LS] + ["%d:%d" % (i, c.cfg.node(i).weight) for i in sorted(members)])
+        peer_answer(c, nid, "ls-start", peerctl.ls_start(nid, LS, [(i, c.cfg.node(i).weight) for i in sorted(members)]))
     else:
         c.kernel(nid).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(members)), "/tmp/members-%s.log" % LS)
 
 
-def peer_ctl(c, nid, args, timeout=60):
-    """`dlm-peer ARGS --node ID` against a running dlm-peer's control socket."""
-    r = subprocess.run([find_dlm_peer()] + list(args) + ["--node", str(nid)], capture_output=True, text=True,
-                       timeout=timeout)
-    c.trace("dlm-peer %s --node %d -> rc %d %s%s" % (" ".join(args), nid, r.returncode, r.stdout.strip(), r.stderr.strip()))
-    if r.returncode != 0:
-        raise StepError("dlm-peer %s --node %d failed (rc %d): %s%s" % (" ".join(args), nid, r.returncode, r.stdout, r.stderr))
-    return r.stdout
+def peer_answer(c, nid, what, ans):
+    """A control-socket answer of dlm-peer `nid`: traced; an error answer fails the step."""
+    c.trace("dlm-peer node%d %s -> %s" % (nid, what, json.dumps(ans)[:400]))
+    if ans.get("ok") is False or ans.get("error"):
+        raise StepError("dlm-peer node%d: %s failed: %s" % (nid, what, ans))
+    return ans
 
 
 def peer_wait_recovered(c, ck, nid, members, timeout):
@@ -873,6 +871,234 @@ def sc_s4_master_dies(c, ck):
     c.agent_quit(k1, LS)
     c.agent_quit(k2, LS)
     leave_all(c, ck, [k2, k1])
+
+
+def peer_lock(c, ck, pid, res, mode, flags=(), wait=True, lvb_hex=None):
+    """A lock taken by dlm-peer `pid` through its control socket; returns the answer."""
+    ans = peerctl.lock(pid, LS, res, mode, flags=flags, wait=wait, lvb_hex=lvb_hex)
+    c.trace("dlm-peer node%d lock %s %s %s -> %s" % (pid, res, mode, ",".join(flags), json.dumps(ans)[:300]))
+    return ans
+
+
+def all_dumps(c, nodes, label):
+    """{node: {name: Resource}} from the kernels' debugfs and the dlm-peers' `locks`."""
+    out = {}
+    for i in nodes:
+        if isinstance(c.nodes[i], cfgmod_peer_class()):
+            doc = peerctl.locks_json(i, LS)
+            with open(os.path.join(c.rundir, "node%d-%s.json" % (i, label)), "w") as f:
+                json.dump(doc, f, indent=1)
+            out[i] = peerctl.as_dump(doc)
+        else:
+            out[i] = dumpmod.parse(save_kernel_dumps(c, i, LS, label))
+    return out
+
+
+def member_leaves(c, ck, leaver, timeout=60):
+    """A kernel member leaves (planned: dlmlc leave, the kernel's FIN handshakes) while the
+    others, kernels and dlm-peers, are stopped, given the new members and started."""
+    remaining = sorted(c.members[LS] - {leaver})
+    if (leaver, LS) in c.agents:
+        c.agent_quit(leaver, LS)
+    c.step("node%d leaves %s; remaining %s: stop all, then members+start all" % (leaver, LS, remaining))
+    before = {i: len(kernel_recovery_ms(c, i)) for i in remaining if not isinstance(c.nodes[i], cfgmod_peer_class())}
+    t0 = time.time()
+    c.kernel(leaver).bg("dlmlc leave %s --timeout %d" % (LS, timeout), "/tmp/leave-%s.log" % LS)
+    for i in remaining:
+        node_stop(c, i)
+    for i in remaining:
+        node_start(c, i, remaining)
+    for i in remaining:
+        if i in before:
+            line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
+            ck.require("RECONFIGURED" in line, "node%d: reconfiguring failed: %s" % (i, line))
+            end = time.time() + timeout
+            while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
+                time.sleep(0.1)
+        else:
+            peer_wait_recovered(c, ck, i, remaining, timeout)
+    line = c.kernel(leaver).waitlog("/tmp/leave-%s.log" % LS, "LEFT|LEAVEFAILED|ERROR", 1, timeout)
+    ck.require("LEFT" in line, "node%d: leaving failed: %s" % (leaver, line))
+    rem = c.kernel(leaver).sh("grep REMOVE /tmp/leave-%s.log" % LS)
+    m = re.search(r"write took ([0-9.]+) s", rem)
+    c.members[LS] = set(remaining)
+    return time.time() - t0, (float(m.group(1)) if m else None)
+
+
+def sc_s3_holder_dies(c, ck, master="holder"):
+    """S3: a kernel holding EX on r1 dies while the other kernel waits EX and dlm-peer waits PR.
+    master="holder": the dying kernel masters r1 (it locked first); master="waiter": the
+    surviving kernel masters it (it holds NL on it first). After the cluster manager removes the
+    dead node, exactly one waiter is granted, the grants are compatible (both survivors' dumps),
+    and the dead node's lock is purged."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    dead, k2 = kernels[:2]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
+    for k in (dead, k2):
+        c.agent_start(k, LS)
+    if master == "waiter":
+        ev = c.agent(k2, LS, "lock n r1 NL", wait="CAST n ")
+        ck.require(ev.get("status") == "OK", "node%d NL: %s" % (k2, ev["line"]))
+    ev = c.agent(dead, LS, "lock h r1 EX", wait="CAST h ")
+    ck.require(ev.get("status") == "OK", "node%d EX: %s" % (dead, ev["line"]))
+    c.agent(k2, LS, "lock w r1 EX", wait="REQ w ")
+    ans = peer_lock(c, ck, pid, "r1", "PR", wait=False)
+    ck.require(ans.get("status") == "queued", "dlm-peer's PR on r1 should queue: %s" % ans)
+    time.sleep(0.5)
+    before = all_dumps(c, [dead, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [dead, k2, pid]), "invariants before: %s" % dumpmod.check(before, [dead, k2, pid]))
+    rec, wall = fail_node(c, ck, dead)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    time.sleep(1.0)
+    after = all_dumps(c, [k2, pid], "after")
+    problems = dumpmod.check(after, [k2, pid])
+    ck.expect(not problems, "invariants after: %s" % problems)
+    mnode = next((i for i, d in after.items() if "r1" in d and d["r1"].master == 0), None)
+    ck.require(mnode is not None, "no survivor masters r1: %s" % {i: d.get("r1") for i, d in after.items()})
+    granted = [l for l in after[mnode]["r1"].locks if l.queue == "granted" and l.grmode in ("EX", "PR")]
+    waiting = [l for l in after[mnode]["r1"].locks if l.queue == "waiting"]
+    ck.expect(len(granted) == 1 and len(waiting) == 1,
+              "exactly one waiter should be granted (master node %d): granted %s, waiting %s" % (mnode, granted, waiting))
+    ck.note("master of r1 after recovery: node %d; granted %s" % (mnode, [(l.grmode, l.nodeid) for l in granted]))
+    if mnode != pid:
+        ck.expect("dlm_recover_purge 1 locks for 1 nodes" in c.dmesg(mnode), "node%d: no purge of node%d's lock in dmesg" % (mnode, dead))
+
+
+def sc_s9_planned_leave(c, ck):
+    """S9: a kernel leaves (planned): the other kernel and dlm-peer are stopped and started
+    without it and recover; its FIN handshakes finish at once (its last lockspace's remove
+    write < 1 s); dlm-peer's status shows the new members, and locking between the remaining
+    kernel and dlm-peer still works both ways."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    k1, leaver = kernels[:2]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
+    total, remove_s = member_leaves(c, ck, leaver)
+    ck.metric("leave_node%d" % leaver, round(total, 3))
+    ck.expect(remove_s is not None and remove_s < 1.0, "node%d's remove write took %s s (FIN wait?)" % (leaver, remove_s))
+    st = peer_status(pid)
+    ls = next((l for l in st.get("lockspaces", []) if l.get("name") == LS), {})
+    ck.expect(ls.get("members") == sorted([k1, pid]) and ls.get("phase") == "running", "dlm-peer status: %s" % ls)
+    ans = peer_lock(c, ck, pid, "r9", "EX")
+    ck.require(ans.get("status") == "granted", "dlm-peer EX on r9: %s" % ans)
+    c.agent_start(k1, LS)
+    ev = c.agent(k1, LS, "lock q r9 PR NOQUEUE", wait="CAST q ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR vs dlm-peer's EX: %s" % (k1, ev["line"]))
+    ev = c.agent(k1, LS, "lock k r9k EX", wait="CAST k ")
+    ck.expect(ev.get("status") == "OK", "node%d EX on r9k: %s" % (k1, ev["line"]))
+    ans = peer_lock(c, ck, pid, "r9k", "PR", flags=("NOQUEUE",))
+    ck.expect(ans.get("status") == "EAGAIN", "dlm-peer NOQUEUE PR vs node%d's EX: %s" % (k1, ans))
+    c.agent(k1, LS, "unlock k", wait="CAST k ")
+    d = all_dumps(c, [k1, pid], "end")
+    ck.expect(not dumpmod.check(d, [k1, pid]), "invariants: %s" % dumpmod.check(d, [k1, pid]))
+    c.agent_quit(k1, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [k1])
+
+
+def sc_s13_directory_paging(c, ck, count=1500):
+    """S13: a kernel masters 1,500 resources with 60-byte names (about a third have dlm-peer as
+    their directory node); a recovery (stop everywhere, start with the same members) rebuilds
+    every directory: dlm-peer pages through the kernel's names with RCOM_NAMES (several replies,
+    each at most 4024 bytes of names); afterwards the other kernel's lookups of those names are
+    answered by dlm-peer with the right master, and its requests go to that master."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    k1, k2 = kernels[:2]
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    prefix = "s13-" + "x" * 52                       # + up to 4 digits: 57..60 bytes
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
+    c.agent_start(k1, LS)
+    ev = c.agent(k1, LS, "many m %s NL %d" % (prefix, count), wait="MANYDONE m ", timeout=120)
+    ck.require(ev.get("ok") == str(count), "node%d many: %s" % (k1, ev["line"]))
+    ours = [n for n in ("%s%d" % (prefix, i) for i in range(count)) if directory_node(n.encode(), members) == pid]
+    ck.note("%d of %d names have dlm-peer as directory node" % (len(ours), count))
+    everyone = sorted(c.members[LS])
+    c.step("recovery with the same members: stop all, then start all")
+    before = {i: len(kernel_recovery_ms(c, i)) for i in kernels}
+    for i in everyone:
+        node_stop(c, i)
+    for i in everyone:
+        node_start(c, i, everyone)
+    for i in kernels:
+        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 60)
+        ck.require("RECONFIGURED" in line, "node%d: %s" % (i, line))
+        end = time.time() + 60
+        while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
+            time.sleep(0.1)
+    peer_wait_recovered(c, ck, pid, everyone, 60)
+    c.agent_start(k2, LS)
+    for n in ours[:20]:
+        ev = c.agent(k2, LS, "lock t %s EX" % n, wait="CAST t ")
+        ck.expect(ev.get("status") == "OK", "node%d EX on %s: %s" % (k2, n, ev["line"]))
+        c.agent(k2, LS, "unlock t", wait="CAST t ")
+    recs = read_capture(c)
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode: %s" % dec)
+    counts = dec.get("counts_by_direction", {})
+
+    def n(d, suffix):
+        return sum(v for k, v in counts.get(d, {}).items() if k.endswith(suffix))
+    replies = n("%d->%d" % (k1, pid), "RCOM NAMES_REPLY")
+    ck.metric("names_replies_k1_to_peer", replies, "")
+    ck.expect(replies >= 3, "dlm-peer should page through node%d's names (several NAMES_REPLY), saw %d" % (k1, replies))
+    ck.expect(n("%d->%d" % (k2, pid), "MSG LOOKUP") >= 20, "node%d's lookups should go to dlm-peer: %s" % (k2, counts.get("%d->%d" % (k2, pid))))
+    ck.expect(n("%d->%d" % (pid, k2), "MSG LOOKUP_REPLY") >= 20, "dlm-peer's lookup replies: %s" % counts.get("%d->%d" % (pid, k2)))
+    ck.expect(n("%d->%d" % (k2, k1), "MSG REQUEST") >= 20, "node%d's requests should go to the master node%d: %s" % (k2, k1, counts.get("%d->%d" % (k2, k1))))
+
+
+def sc_s2_peer_joins(c, ck):
+    """S2: dlm-peer joins a running lockspace while one kernel holds EX on r1 and the other
+    waits PR: the kernels are stopped, dlm-peer starts (joining with the three members), the
+    kernels are given the new member list and started. The join completes; the EX and the
+    waiting PR are unaffected; dlm-peer's PR on r1 queues; a name whose directory node is now
+    dlm-peer is looked up there."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    k1, k2 = kernels[:2]
+    c.join(LS, members=kernels)
+    for k in (k1, k2):
+        c.agent_start(k, LS)
+    ev = c.agent(k1, LS, "lock h r1 EX", wait="CAST h ")
+    ck.require(ev.get("status") == "OK", "node%d EX: %s" % (k1, ev["line"]))
+    c.agent(k2, LS, "lock w r1 PR", wait="REQ w ")
+    everyone = sorted(kernels + [pid])
+    c.step("dlm-peer node%d joins: kernels stop, dlm-peer starts, kernels get members %s and start" % (pid, everyone))
+    before = {i: len(kernel_recovery_ms(c, i)) for i in kernels}
+    for k in kernels:
+        node_stop(c, k)
+    c.nodes[pid].start()
+    c.nodes[pid].wait_ready()
+    for k in kernels:
+        node_start(c, k, everyone)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 60), "dlm-peer did not join:\n%s" % tail(c.nodes[pid].log))
+    for k in kernels:
+        end = time.time() + 30
+        while len(kernel_recovery_ms(c, k)) <= before[k] and time.time() < end:
+            time.sleep(0.1)
+    c.members[LS] = set(everyone)
+    ans = peer_lock(c, ck, pid, "r1", "PR", wait=False)
+    ck.expect(ans.get("status") == "queued", "dlm-peer's PR on r1 should queue behind the EX: %s" % ans)
+    time.sleep(0.5)
+    log = c.agent_log(k2, LS)
+    ck.expect("CAST w " not in log, "node%d's PR was granted while node%d holds EX" % (k2, k1))
+    d = all_dumps(c, everyone, "after-join")
+    ck.expect(not dumpmod.check(d, everyone), "invariants: %s" % dumpmod.check(d, everyone))
+    members = [(i, c.cfg.node(i).weight) for i in everyone]
+    name = next(n for n in ("s2-%d" % i for i in range(200)) if directory_node(n.encode(), members) == pid)
+    ev = c.agent(k2, LS, "lock d %s EX" % name, wait="CAST d ")
+    ck.expect(ev.get("status") == "OK", "node%d EX on %s (directory node dlm-peer): %s" % (k2, name, ev["line"]))
+    c.agent(k1, LS, "unlock h", wait="CAST h ")
+    ev = c.agent_wait(k2, LS, "CAST w ")
+    ck.expect(ev.get("status") == "OK", "node%d's PR after the EX unlock: %s" % (k2, ev["line"]))
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    counts = dec.get("counts_by_direction", {})
+    ck.expect(any(k.endswith("MSG LOOKUP") for k in counts.get("%d->%d" % (k2, pid), {})),
+              "node%d sent no LOOKUP to dlm-peer for %s: %s" % (k2, name, counts.get("%d->%d" % (k2, pid))))
 
 
 BENCH_PEER_RES = "bench-p2"
@@ -983,6 +1209,7 @@ class Scenario:
     order: int = 0                 # decode runs last: it reads the others' captures
     kwargs: dict = field(default_factory=dict)
     peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
+    late_peers: bool = False       # the scenario starts the dlm-peers itself
 
     @property
     def config_path(self):
@@ -1036,6 +1263,20 @@ SCENARIOS = [
              peer_args={3: ["--lock", "alpha:r2:NL:0"]}),
     Scenario("s4-master-dies-low", "lab-peer-low.toml", sc_s4_master_dies,
              "S4 with dlm-peer as the lowest node (the coordinator dies)", peer_args={1: ["--lock", "alpha:r2:NL:0"]}),
+    Scenario("s2-peer-joins", "lab-peer.toml", sc_s2_peer_joins,
+             "S2: dlm-peer joins while a kernel holds EX and the other waits PR", late_peers=True),
+    Scenario("s3-holder-dies", "lab-peer.toml", sc_s3_holder_dies,
+             "S3: the kernel holding EX (and mastering r1) dies; the other kernel waits EX, dlm-peer waits PR"),
+    Scenario("s3-holder-dies-b", "lab-peer.toml", sc_s3_holder_dies,
+             "S3 with the surviving kernel as master of r1", kwargs={"master": "waiter"}),
+    Scenario("s3-holder-dies-low", "lab-peer-low.toml", sc_s3_holder_dies,
+             "S3 with dlm-peer as the lowest node"),
+    Scenario("s9-planned-leave", "lab-peer.toml", sc_s9_planned_leave,
+             "S9: a kernel leaves; the other kernel and dlm-peer recover without it; FIN < 1 s"),
+    Scenario("s9-planned-leave-low", "lab-peer-low.toml", sc_s9_planned_leave,
+             "S9 with dlm-peer as the lowest node"),
+    Scenario("s13-directory-paging", "lab-peer.toml", sc_s13_directory_paging,
+             "S13: dlm-peer rebuilds its directory from 1,500 60-byte names in several RCOM_NAMES pages"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
