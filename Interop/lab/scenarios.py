@@ -815,10 +815,7 @@ def sc_recovery_bench(c, ck, locks=0):
     ck.metric("recovery_wall", round(wall, 3))
     ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
     survivors = sorted(rec)
-    dumps_by_node = {}
-    for i in survivors:
-        if i in kernels:
-            dumps_by_node[i] = dumpmod.parse(save_kernel_dumps(c, i, LS, "after-recovery"))
+    dumps_by_node = all_dumps(c, survivors, "after-recovery")
     problems = dumpmod.check(dumps_by_node, survivors)
     ck.expect(not problems, "invariants after recovery: %s" % problems[:10])
     held = sum(1 for r in dumps_by_node.get(second, {}).values() for l in r.locks
@@ -1277,6 +1274,12 @@ SCENARIOS = [
              "S9 with dlm-peer as the lowest node"),
     Scenario("s13-directory-paging", "lab-peer.toml", sc_s13_directory_paging,
              "S13: dlm-peer rebuilds its directory from 1,500 60-byte names in several RCOM_NAMES pages"),
+    Scenario("recovery-bench-peer", "lab-peer.toml", sc_recovery_bench,
+             "benchmark: 2 kernels + dlm-peer, a kernel fails (0 locks): dlm-peer recovers with the kernel"),
+    Scenario("recovery-bench-peer-1k", "lab-peer.toml", sc_recovery_bench,
+             "benchmark: the same with 1,000 locks held by each kernel", kwargs={"locks": 1000}),
+    Scenario("recovery-bench-peer-10k", "lab-peer.toml", sc_recovery_bench,
+             "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
