@@ -1098,6 +1098,128 @@ def sc_s2_peer_joins(c, ck):
               "node%d sent no LOOKUP to dlm-peer for %s: %s" % (k2, name, counts.get("%d->%d" % (k2, pid))))
 
 
+def sc_random_workload(c, ck, rounds=12, seed=None):
+    """Issue 6's long random workload: both kernels (their lock clients) and dlm-peer take,
+    convert, cancel and release locks at random on resources mastered by each side and whose
+    directory node is each side, with NOQUEUE now and then. After every round, once the
+    messages have settled, the locks of every node are dumped (the kernels' debugfs, dlm-peer's
+    `locks`) and the invariants are checked across the three: one master per resource, every
+    process copy matched by its master copy (ids crossed, same modes and queue), compatible
+    grants, no lock of a non-member. At the end everyone releases everything and no lock is
+    left anywhere."""
+    import random
+    seed = seed if seed is not None else int(time.time())
+    rnd = random.Random(seed)
+    ck.note("seed %d" % seed)
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    everyone = sorted(kernels + [pid])
+    members = [(i, c.cfg.node(i).weight) for i in everyone]
+    # resources: for each node as directory node, two names (their masters: whoever locks first)
+    names = []
+    for d in everyone:
+        names += [n for n in ("rw-%d" % i for i in range(400)) if directory_node(n.encode(), members) == d][:2]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
+    for k in kernels:
+        c.agent_start(k, LS)
+    modes = ["NL", "CR", "CW", "PR", "PW", "EX"]
+    peer_lkid = {}          # name -> lkid of dlm-peer's lock on it
+    kernel_lkid = {}        # (node, name) -> lkid
+    ops = 0
+    for rnd_no in range(rounds):
+        dumps_now = all_dumps(c, everyone, "round%02d" % rnd_no) if rnd_no else {i: {} for i in everyone}
+        problems = dumpmod.check(dumps_now, everyone)
+        ck.expect(not problems, "round %d: invariants: %s" % (rnd_no, problems[:5]))
+        if problems:
+            break
+
+        def state(node, lkid):
+            for r in dumps_now.get(node, {}).values():
+                for l in r.locks:
+                    if l.lkid == lkid and l.nodeid is None:
+                        return l.queue
+            return None
+        for node in everyone:
+            for name in names:
+                if rnd.random() < 0.5:
+                    continue
+                if node == pid:
+                    lkid = peer_lkid.get(name)
+                    st = state(pid, lkid) if lkid is not None else None
+                    if st is None:
+                        peer_lkid.pop(name, None)
+                        flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
+                        ans = peer_lock(c, ck, pid, name, rnd.choice(modes), flags=flags, wait=False)
+                        if ans.get("lkid") is not None and ans.get("status") in ("granted", "queued"):
+                            peer_lkid[name] = int(ans["lkid"])
+                    elif st == "granted":
+                        x = rnd.random()
+                        if x < 0.4:
+                            peer_answer(c, pid, "unlock", peerctl.unlock(pid, LS, lkid))
+                            peer_lkid.pop(name, None)
+                        elif x < 0.8:
+                            flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
+                            peerctl.convert(pid, LS, lkid, rnd.choice(modes), flags=flags, wait=False)
+                    else:
+                        if rnd.random() < 0.5:
+                            peerctl.cancel(pid, LS, lkid)
+                else:
+                    tag = "t%s" % name.replace("-", "")
+                    lkid = kernel_lkid.get((node, name))
+                    st = state(node, lkid) if lkid is not None else None
+                    if st is None:
+                        if lkid is not None:
+                            c.agent(node, LS, "unlock %s" % tag)       # frees the tag if it lingers
+                            kernel_lkid.pop((node, name), None)
+                            continue
+                        flags = " NOQUEUE" if rnd.random() < 0.3 else ""
+                        ev = c.agent(node, LS, "lock %s %s %s%s" % (tag, name, rnd.choice(modes), flags), wait="REQ %s " % tag)
+                        if ev.get("lkid") and int(ev.get("rv", "-1")) >= 0:
+                            kernel_lkid[(node, name)] = int(ev["lkid"], 16)
+                    elif st == "granted":
+                        x = rnd.random()
+                        if x < 0.4:
+                            c.agent(node, LS, "unlock %s" % tag)
+                            kernel_lkid.pop((node, name), None)
+                        elif x < 0.8:
+                            flags = " NOQUEUE" if rnd.random() < 0.3 else ""
+                            c.agent(node, LS, "convert %s %s%s" % (tag, rnd.choice(modes), flags))
+                    else:
+                        if rnd.random() < 0.5:
+                            c.agent(node, LS, "cancel %s" % tag)
+                ops += 1
+        time.sleep(1.5)        # let the messages settle (TCG kernels) before the next dumps
+    ck.metric("operations", ops, "")
+    # release everything: cancel what waits, then unlock what is granted
+    for _ in range(3):
+        d = all_dumps(c, everyone, "release")
+        for node in everyone:
+            for r in d[node].values():
+                for l in r.locks:
+                    if l.nodeid is not None:
+                        continue
+                    if node == pid:
+                        if l.queue == "granted":
+                            peerctl.unlock(pid, LS, l.lkid)
+                        else:
+                            peerctl.cancel(pid, LS, l.lkid)
+                    else:
+                        tag = next((t for (n, nm), v in kernel_lkid.items() if n == node and v == l.lkid
+                                    for t in ["t%s" % nm.replace("-", "")]), None)
+                        if tag:
+                            c.agent(node, LS, "%s %s" % ("unlock" if l.queue == "granted" else "cancel", tag))
+        time.sleep(1.5)
+    final = all_dumps(c, everyone, "final")
+    left = {i: sum(len(r.locks) for r in d.values()) for i, d in final.items()}
+    ck.expect(not dumpmod.check(final, everyone), "final invariants: %s" % dumpmod.check(final, everyone))
+    ck.expect(all(v == 0 for v in left.values()), "locks left after releasing everything: %s" % left)
+    for k in kernels:
+        c.agent_quit(k, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, list(reversed(kernels)))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -1280,6 +1402,8 @@ SCENARIOS = [
              "benchmark: the same with 1,000 locks held by each kernel", kwargs={"locks": 1000}),
     Scenario("recovery-bench-peer-10k", "lab-peer.toml", sc_recovery_bench,
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
+    Scenario("random-workload", "lab-peer.toml", sc_random_workload,
+             "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
