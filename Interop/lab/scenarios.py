@@ -1169,10 +1169,7 @@ def sc_random_workload(c, ck, rounds=12, seed=None):
                     lkid = kernel_lkid.get((node, name))
                     st = state(node, lkid) if lkid is not None else None
                     if st is None:
-                        if lkid is not None:
-                            c.agent(node, LS, "unlock %s" % tag)       # frees the tag if it lingers
-                            kernel_lkid.pop((node, name), None)
-                            continue
+                        kernel_lkid.pop((node, name), None)           # a new lock reuses the tag
                         flags = " NOQUEUE" if rnd.random() < 0.3 else ""
                         ev = c.agent(node, LS, "lock %s %s %s%s" % (tag, name, rnd.choice(modes), flags), wait="REQ %s " % tag)
                         if ev.get("lkid") and int(ev.get("rv", "-1")) >= 0:
