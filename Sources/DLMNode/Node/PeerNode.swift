@@ -16,9 +16,9 @@ public final class PeerNode: @unchecked Sendable {
     public let config: ClusterConfig
     public let nodeID: UInt32
     public let eventLoop: EventLoop
-    fileprivate let logger: Logger
+    let logger: Logger
     fileprivate var lowcomms: Lowcomms?
-    fileprivate var lockspaces: [UInt32: LockspaceState] = [:]
+    var lockspaces: [UInt32: LockspaceState] = [:]
 
     /// Per-lockspace state; confined to `eventLoop` (hence `@unchecked Sendable`: only closures
     /// that run on that loop capture it).
@@ -33,6 +33,8 @@ public final class PeerNode: @unchecked Sendable {
         var locks: LockManager
         /// Local lock calls by client tag: what to do on completion.
         var clients: [UInt64: LocalLock] = [:]
+        /// Locks taken through the Swift API (`DLMLockspace`), by lkid (API/PeerNode+API.swift).
+        var api: [UInt32: DLMLockRouter] = [:]
 
         init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, locks: LockManager,
              joined: EventLoopPromise<RecoveryReport>) {
@@ -52,11 +54,11 @@ public final class PeerNode: @unchecked Sendable {
     }
 
     private let started = ContinuousClock.now
-    fileprivate var nextTag: UInt64 = 1
+    var nextTag: UInt64 = 1
     fileprivate var tickTask: RepeatedTask?
 
     /// Time since the node started: the lock manager's clock.
-    fileprivate var elapsed: Duration { ContinuousClock.now - started }
+    var elapsed: Duration { ContinuousClock.now - started }
 
     public init(config: ClusterConfig, nodeID: UInt32, eventLoop: EventLoop,
                 logger: Logger = Logger(label: "dlm.node")) throws {
@@ -116,6 +118,7 @@ public final class PeerNode: @unchecked Sendable {
     public func leave() -> EventLoopFuture<Void> {
         eventLoop.flatSubmit { [self] in
             for (_, ls) in lockspaces {
+                failAPILocks(ls, reason: "the node left lockspace \(ls.name)")
                 ls.timer?.cancel()
                 logger.info("leaving lockspace \(ls.name)")
                 for m in ls.recovery.memberIDs where m != nodeID { lowcomms?.memberRemoved(m) }
@@ -295,7 +298,7 @@ extension PeerNode {
         for ls in lockspaces.values { perform(ls.locks.tick(now: elapsed), ls) }
     }
 
-    fileprivate func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
+    func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
         for action in actions {
             switch action {
             case .send(let m, let node):
