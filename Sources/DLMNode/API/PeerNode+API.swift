@@ -16,8 +16,6 @@ public enum DLMLockOwner: String, Sendable, Codable {
     case cli
     /// `dlm-peer hold`: released when its control connection closes.
     case hold
-    /// `dlm-peer run --lock`.
-    case run
 }
 
 /// The completions and blocking callbacks of one API lock; confined to the node's event loop.
@@ -290,6 +288,32 @@ extension PeerNode {
             }
             return promise.futureResult
         }
+    }
+
+    /// Completes when the operation whose completion is `completion` either completed or sits on
+    /// the master's grant/convert/wait queue with no reply outstanding ("queued": -EINPROGRESS
+    /// received, or queued on our own master). Until then it is in flight (a LOOKUP, REQUEST or
+    /// CONVERT awaiting its reply), which is checked every 2 ms (on the loop).
+    func whenQueuedOrDone(lockspace: String, lkid: UInt32, completion: EventLoopFuture<LockManager.Completion>)
+        -> EventLoopFuture<Void>
+    {
+        let promise = eventLoop.makePromise(of: Void.self)
+        completion.whenComplete { _ in promise.succeed(()) }
+        eventLoop.execute { [self] in pollQueued(lockspace: lockspace, lkid: lkid, promise) }
+        return promise.futureResult
+    }
+
+    private func pollQueued(lockspace: String, lkid: UInt32, _ promise: EventLoopPromise<Void>) {
+        guard let ls = lockspaceState(named: lockspace), let v = ls.locks.lockView(lkid) else {
+            promise.succeed(())
+            return
+        }
+        // No reply outstanding: queued (wait/convert queue) or already granted; done either way.
+        if !v.detached && !v.parked && v.waitType == nil && v.lock.status != nil {
+            promise.succeed(())
+            return
+        }
+        eventLoop.scheduleTask(in: .milliseconds(2)) { [self] in pollQueued(lockspace: lockspace, lkid: lkid, promise) }
     }
 
     /// The handle of API lock `lkid` (nil when there is none).

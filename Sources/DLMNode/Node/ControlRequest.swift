@@ -336,7 +336,7 @@ public struct LockReply: Codable, Sendable, Equatable {
             break
         }
         s += status
-        if let m = mode, m != "--" || requested == nil { s += " \(m)" }
+        if let m = mode, m != "--" { s += " \(m)" }
         if let r = requested { s += " (\(r))" }
         if let f = sbFlags, !f.isEmpty { s += " sb_flags " + f.joined(separator: "|") }
         if let lvb, let bytes = try? ControlRequest.parseHex(lvb) {

@@ -173,11 +173,16 @@ final class LockControlSession: @unchecked Sendable {
     private func answer(_ submitted: DLMSubmitted, wait: Bool) {
         let lock = submitted.lock
         let done = lock.status.requestedMode == nil
-        if !done && !wait {
-            finish(LockReply.describing(lock, status: "queued").json)
-            return
-        }
         if !done { waiting = (lock.lockspace, lock.lkid) }
+        if !done && !wait {
+            node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
+                .whenComplete { [self] _ in
+                    if lock.status.requestedMode != nil {
+                        waiting = nil
+                        finish(LockReply.describing(lock, status: "queued").json)
+                    }
+                }
+        }
         submitted.completion.whenComplete { [self] result in
             waiting = nil
             guard !closed else { return }
@@ -201,9 +206,13 @@ final class LockControlSession: @unchecked Sendable {
         held = (lock.lockspace, lock.lkid)
         if lock.status.requestedMode != nil {
             waiting = (lock.lockspace, lock.lkid)
-            var r = LockReply.describing(lock, status: "queued")
-            r.event = "queued"
-            write(r.json)
+            node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
+                .whenComplete { [self] _ in
+                    guard lock.status.requestedMode != nil else { return }
+                    var r = LockReply.describing(lock, status: "queued")
+                    r.event = "queued"
+                    write(r.json)
+                }
         }
         submitted.completion.whenComplete { [self] result in
             waiting = nil
