@@ -155,7 +155,7 @@ struct ControlRequestTests {
             waiting: [lock(5, "--", "CW", queue: "waiting")], lookup: [])
         #expect(LockDump.format1(master, lvbLength: 32) == """
 
-            Resource 000000000e136180 Name (len=5) "res.1"  
+            Resource 000000000e136180 Name (len=5) "res.1"
             Master Copy
             LVB: 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f 
                  10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f  (INVALID)
@@ -175,7 +175,7 @@ struct ControlRequestTests {
             lookup: [lock(6, "--", "EX", queue: "lookup", node: -1)])
         #expect(LockDump.format1(copy, lvbLength: 32) == """
 
-            Resource 0000000000000001 Name (len=1) "r"  
+            Resource 0000000000000001 Name (len=1) "r"
             Local Copy, Master is node 2
             Granted Queue
             00000003 PR Master:     00000009
@@ -191,7 +191,7 @@ struct ControlRequestTests {
         looking.firstLkid = 0x2a
         looking.granted = []
         looking.lookup = []
-        #expect(LockDump.format1(looking, lvbLength: 32).contains("\"r\"  \nLooking up master (lkid 2a)\nGranted Queue\n"))
+        #expect(LockDump.format1(looking, lvbLength: 32).contains("\"r\"\nLooking up master (lkid 2a)\nGranted Queue\n"))
         #expect(LockDump.printable([0x61, 0x00, 0x7f, 0x62]) == "a..b")
     }
 }

@@ -62,10 +62,10 @@ struct LockAPITests {
             #expect(onTwo.granted.map(\.lkid) == [b.lkid] && onTwo.granted.first?.remid == remote.lkid)
             // The text layout of the kernel's debugfs file.
             let text = try await c.ls(1).dump().text
-            #expect(text.contains("Name (len=10) \"api-remote\"  \nMaster Copy\nGranted Queue\n"))
+            #expect(text.contains("Name (len=10) \"api-remote\"\nMaster Copy\nGranted Queue\n"))
             #expect(text.contains(" PR Remote:   2 " + String(format: "%08x", b.lkid)))
             let text2 = try await c.ls(2).dump().text
-            #expect(text2.contains("\"api-remote\"  \nLocal Copy, Master is node 1\n"))
+            #expect(text2.contains("\"api-remote\"\nLocal Copy, Master is node 1\n"))
             #expect(text2.contains(String(format: "%08x", b.lkid) + " PR Master:     " + String(format: "%08x", remote.lkid)))
             // Unlocks from the remote nodes wait for the master's reply.
             try await c.ls(2).unlock(b)
@@ -276,11 +276,13 @@ struct LockAPITests {
         // Node 2 fails its waiting calls as it starts to leave; both leave at once (the FIN
         // handshake of one would otherwise wait for the other).
         let leaving = c[2].leave()
-        let other = c[1].leave()
         await expectDLMError(.eshutdown) { try await withTimeout(seconds: 5) { try await waiting.wait() } }
         #expect(waiting.isReleased && !holder.isReleased)
+        let other = c[1].leave()
         _ = try await withTimeout(seconds: 10) { try await leaving.get() }
         _ = try await withTimeout(seconds: 10) { try await other.get() }
+        #expect(holder.isReleased)
+        await expectDLMError(.einval) { try await c.ls(1).lock("api-leave", mode: .nl) }
     }
 }
 

@@ -115,7 +115,7 @@ struct LockCLITests {
         #expect(r.resNodeid == 0 && r.granted.map(\.grmode) == ["EX"] && r.granted.first?.owner == "cli")
         #expect(r.waiting.map(\.nodeid) == [2] && r.waiting.first?.rqmode == "PR")
         let (_, text, _) = try await cli(["locks", "alpha"], node: 1)
-        #expect(text.contains("Name (len=7) \"cli-bin\"  \nMaster Copy\nGranted Queue\n00000001 EX\n"), "\(text)")
+        #expect(text.contains("Name (len=7) \"cli-bin\"\nMaster Copy\nGranted Queue\n00000001 EX\n"), "\(text)")
         #expect(text.contains("Waiting Queue\n00000002 -- (PR) Remote:   2 00000001\n"), "\(text)")
 
         // hold on another resource; node 2 asks for it; the hold prints the BAST; SIGINT unlocks.

@@ -195,7 +195,7 @@ public struct LockDump: Codable, Sendable, Equatable {
 
     static func format1(_ r: Resource, lvbLength: Int) -> String {
         // The kernel prints the rsb's address here; we print its hash in the same width.
-        var out = "\nResource \(String(repeating: "0", count: 8))\(r.hash) Name (len=\(r.length)) \"\(r.name)\"  \n"
+        var out = "\nResource \(String(repeating: "0", count: 8))\(r.hash) Name (len=\(r.length)) \"\(r.name)\"\n"
         switch r.resNodeid {
         case 0: out += "Master Copy\n"
         case -1: out += "Looking up master (lkid \(String(r.firstLkid, radix: 16)))\n"
