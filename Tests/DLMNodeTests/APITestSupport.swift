@@ -96,16 +96,26 @@ struct TimeoutError: Error, CustomStringConvertible {
     var description: String { "timed out after \(seconds) s" }
 }
 
-/// Runs `body`, failing with `TimeoutError` after `seconds`.
+/// Runs `body`, failing with `TimeoutError` after `seconds` (then `body`'s task is cancelled and
+/// left behind: an await on an EventLoopFuture does not end on cancellation).
 func withTimeout<T: Sendable>(seconds: Double, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            throw TimeoutError(seconds: seconds)
+    let done = NIOLockedValueBox(false)
+    let work = NIOLockedValueBox<Task<Void, Never>?>(nil)
+    return try await withCheckedThrowingContinuation { (cont: CheckedContinuation<T, Error>) in
+        func finish(_ result: Result<T, Error>) {
+            let first = done.withLockedValue { d -> Bool in defer { d = true }; return !d }
+            if first { cont.resume(with: result) }
         }
-        defer { group.cancelAll() }
-        return try await group.next()!
+        work.withLockedValue { $0 = Task {
+            do { finish(.success(try await body())) } catch { finish(.failure(error)) }
+        } }
+        Task {
+            try? await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
+            if !done.withLockedValue({ $0 }) {
+                work.withLockedValue { $0?.cancel() }
+                finish(.failure(TimeoutError(seconds: seconds)))
+            }
+        }
     }
 }
 

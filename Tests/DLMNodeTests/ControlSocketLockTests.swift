@@ -103,7 +103,7 @@ func withControlCluster(nodes: Int, _ body: (TestCluster, [String]) async throws
     }
 }
 
-@Suite("Lock requests over the control socket", .serialized)
+@Suite("Lock requests over the control socket", .serialized, .timeLimit(.minutes(1)))
 struct ControlSocketLockTests {
     @Test("status still answers; lock, locks, nowait, cancel, unlock, errors")
     func oneShot() async throws {

@@ -22,7 +22,7 @@ func resource(_ c: TestCluster, _ node: Int, _ name: String) async throws -> Loc
     try await c.ls(node).dump().resources.first { $0.name == name }
 }
 
-@Suite("Lock API on PeerNodes over loopback", .serialized)
+@Suite("Lock API on PeerNodes over loopback", .serialized, .timeLimit(.minutes(1)))
 struct LockAPITests {
     @Test("lock and unlock on a local master; the dump shows it; the handle follows")
     func localMaster() async throws {

@@ -65,7 +65,7 @@ enum CLI {
     }
 }
 
-@Suite("dlm-peer lock commands (real binary)", .serialized, .enabled(if: CLI.available, "dlm-peer is not built"))
+@Suite("dlm-peer lock commands (real binary)", .serialized, .timeLimit(.minutes(2)), .enabled(if: CLI.available, "dlm-peer is not built"))
 struct LockCLITests {
     @Test("run x2, then lock / locks --json / hold / unlock / cancel / status")
     func endToEnd() async throws {
