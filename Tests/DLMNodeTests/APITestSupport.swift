@@ -12,13 +12,14 @@ import Testing
 
 enum APITest {
     static let group = MultiThreadedEventLoopGroup(numberOfThreads: 3)
-    /// 40000–50000 (the lowcomms tests use 30000–40000).
-    private static let nextPort = NIOLockedValueBox(40000 + Int(getpid() % 400) * 20)
+    /// 22000–29999: below Linux's ephemeral range (32768–60999), where outgoing connections of
+    /// other tests could hold the port; the lowcomms tests use 30000–40000.
+    private static let nextPort = NIOLockedValueBox(22000 + Int(getpid() % 390) * 20)
 
     static func port() -> Int {
         nextPort.withLockedValue { p in
             p += 1
-            if p >= 50000 { p = 40000 }
+            if p >= 30000 { p = 22000 }
             return p
         }
     }
@@ -72,10 +73,16 @@ struct TestCluster {
             nodes.append(node)
         }
         let joins = nodes.map { node in node.eventLoop.flatSubmit { node.start() } }
-        for j in joins {
-            _ = try await withTimeout(seconds: 20) { try await j.get() }
+        let cluster = TestCluster(nodes: nodes, config: config)
+        do {
+            for j in joins {
+                _ = try await withTimeout(seconds: 20) { try await j.get() }
+            }
+        } catch {
+            await cluster.stop()
+            throw error
         }
-        return TestCluster(nodes: nodes, config: config)
+        return cluster
     }
 
     subscript(_ id: Int) -> PeerNode { nodes[id - 1] }

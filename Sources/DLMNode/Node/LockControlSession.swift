@@ -160,7 +160,11 @@ final class LockControlSession: @unchecked Sendable {
                 if hold { r.event = "failed" }
                 finish(r.json)
             case .success(let submitted):
-                if hold {
+                if closed {
+                    // The client left before the request was accepted (e.g. while the lockspace
+                    // was joining): nobody knows this lock, so do not keep it.
+                    orphaned(submitted.lock, hold: hold)
+                } else if hold {
                     holdStarted(submitted)
                 } else {
                     answer(submitted, wait: a.wait)
@@ -238,6 +242,15 @@ final class LockControlSession: @unchecked Sendable {
                 r.error = "\(e)"
                 r.event = "failed"
                 finish(r.json)
+            }
+        }
+    }
+
+    private func orphaned(_ lock: DLMLock, hold: Bool) {
+        let (ls, lkid, node) = (lock.lockspace, lock.lkid, node)
+        node.apiCancel(lockspace: ls, lkid: lkid).whenSuccess { cancelled in
+            if !cancelled && (hold || lock.status.lastResult == .granted) && !lock.isReleased {
+                node.apiUnlock(lockspace: ls, lkid: lkid, flags: [], lvb: nil).whenComplete { _ in }
             }
         }
     }
