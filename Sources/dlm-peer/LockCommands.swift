@@ -207,7 +207,8 @@ struct HoldCommand: ParsableCommand {
         discussion: """
             Prints one line per event: queued, granted, each BAST ("a PR request is waiting"), \
             unlocked. The lock is tied to this command's control connection: if the command dies, \
-            the node releases the lock. Exit status 1 when the request fails.
+            the node releases the lock. Exit status 1 when the request fails or is cancelled \
+            before it was granted.
             """)
 
     @Argument(help: "The lockspace.") var lockspace: String
