@@ -230,11 +230,17 @@ struct LockAPITests {
             let pw = try await c.ls(2).lock("api-lvb", mode: .pw, flags: .valBlk)
             #expect(pw.lvb == bytes("hello"))
             try await c.ls(2).convert(pw, to: .nl, flags: .valBlk, lvb: Array("v2".utf8))
+            #expect(pw.mode == .nl)
+            // The down-conversion completed at once on node 2; the master applies it (and the
+            // value) when the CONVERT arrives (locking.md §6.3), so a read races with it until then.
+            #expect(try await eventually {
+                try await resource(c, 3, "api-lvb")?.lvb == LockDumpHex.hex(bytes("v2"))
+            })
             let reader = try await c.ls(3).lock("api-lvb", mode: .cr, flags: .valBlk)
             #expect(reader.lvb == bytes("v2"))
             // The master's dump shows the value.
             let m = try #require(try await resource(c, 3, "api-lvb"))
-            #expect(m.resNodeid == 0 && m.lvb == LockDumpHex.hex(bytes("v2")))
+            #expect(m.resNodeid == 0 && m.lvb == LockDumpHex.hex(bytes("v2")) && m.lvbSeq > 0)
             let text = try await c.ls(3).dump().text
             #expect(text.contains("LVB: 76 32 00"))
             // Without VALBLK a lock sees nothing.
