@@ -293,17 +293,27 @@ extension PeerNode {
     /// Completes when the operation whose completion is `completion` either completed or sits on
     /// the master's grant/convert/wait queue with no reply outstanding ("queued": -EINPROGRESS
     /// received, or queued on our own master). Until then it is in flight (a LOOKUP, REQUEST or
-    /// CONVERT awaiting its reply), which is checked every 2 ms (on the loop).
+    /// CONVERT awaiting its reply), which is polled on the loop.
     func whenQueuedOrDone(lockspace: String, lkid: UInt32, completion: EventLoopFuture<LockManager.Completion>)
         -> EventLoopFuture<Void>
     {
         let promise = eventLoop.makePromise(of: Void.self)
+        let done = PollDone()
+        promise.futureResult.whenComplete { _ in done.value = true }
         completion.whenComplete { _ in promise.succeed(()) }
-        eventLoop.execute { [self] in pollQueued(lockspace: lockspace, lkid: lkid, promise) }
+        eventLoop.execute { [self] in pollQueued(lockspace: lockspace, lkid: lkid, promise, done, delay: 2) }
         return promise.futureResult
     }
 
-    private func pollQueued(lockspace: String, lkid: UInt32, _ promise: EventLoopPromise<Void>) {
+    /// Set once the poll's promise is fulfilled (on the loop).
+    final class PollDone: @unchecked Sendable {
+        var value = false
+    }
+
+    /// Checks at 2, 4, 8 ... 100 ms intervals (a reply from a node that died may take a recovery).
+    private func pollQueued(lockspace: String, lkid: UInt32, _ promise: EventLoopPromise<Void>, _ done: PollDone,
+                            delay: Int64) {
+        if done.value { return }
         guard let ls = lockspaceState(named: lockspace), let v = ls.locks.lockView(lkid) else {
             promise.succeed(())
             return
@@ -313,7 +323,9 @@ extension PeerNode {
             promise.succeed(())
             return
         }
-        eventLoop.scheduleTask(in: .milliseconds(2)) { [self] in pollQueued(lockspace: lockspace, lkid: lkid, promise) }
+        eventLoop.scheduleTask(in: .milliseconds(delay)) { [self] in
+            pollQueued(lockspace: lockspace, lkid: lkid, promise, done, delay: min(delay * 2, 100))
+        }
     }
 
     /// The handle of API lock `lkid` (nil when there is none).
