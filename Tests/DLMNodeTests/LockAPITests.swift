@@ -250,6 +250,27 @@ struct LockAPITests {
         }
     }
 
+    @Test("conversion deadlock: EDEADLK keeps the old mode; CONVDEADLK demotes to NL (DEMOTED)")
+    func conversionDeadlock() async throws {
+        try await withCluster(nodes: 2) { c in
+            let a = try await c.ls(1).lock("api-dl", mode: .pr)
+            let b = try await c.ls(2).lock("api-dl", mode: .pr)
+            try await c.ls(1).requestConversion(a, to: .ex)
+            #expect(try await eventually { try await resource(c, 1, "api-dl")?.converting.count == 1 })
+            await expectDLMError(.edeadlk) { try await c.ls(2).convert(b, to: .ex) }
+            #expect(b.mode == .pr && !b.isReleased && b.status.lastResult == .deadlock)
+            // Again with CONVDEADLK: b's PR is demoted to NL, which lets a's EX through.
+            try await c.ls(2).requestConversion(b, to: .ex, flags: .convDeadlk)
+            try await withTimeout(seconds: 5) { try await a.wait() }
+            #expect(a.mode == .ex)
+            #expect(try await eventually { try await resource(c, 1, "api-dl")?.converting.first?.grmode == "NL" })
+            try await c.ls(1).unlock(a)
+            try await withTimeout(seconds: 5) { try await b.wait() }
+            #expect(b.mode == .ex && b.demoted)
+            try await c.ls(2).unlock(b)
+        }
+    }
+
     @Test("bad input: unknown lockspace, IV, long LVB and names, unknown and foreign lock ids")
     func badInput() async throws {
         try await withCluster(nodes: 2) { c in
