@@ -226,6 +226,28 @@ struct ControlSocketLockTests {
             #expect(try await eventually {
                 try await ControlConnection.dump(paths[2]).resources.first { $0.name == "hold-r" }?.granted.count == 1
             })
+            // `unlock` right behind the request (one write). On a resource node 1 masters the
+            // grant is immediate: granted, then unlocked.
+            let own = try await ControlConnection.lockReply(paths[0], "lock alpha hold-early NL")
+            let h5 = try await ControlConnection.open(paths[0])
+            try await h5.send("hold alpha hold-early NL\nunlock")
+            #expect(try await h5.reply(0).event == "granted")
+            #expect(try await h5.reply(1).event == "unlocked")
+            #expect(try await eventually { h5.isClosed })
+            _ = try await ControlConnection.lockReply(paths[0], "unlock alpha \(try #require(own.lkidHex))")
+            // Mastered by node 3 (the request is in flight): cancelled, or granted then unlocked.
+            let h6 = try await ControlConnection.open(paths[0])
+            try await h6.send("hold alpha hold-r NL\nunlock")
+            let first = try await h6.reply(0)
+            if first.event == "granted" {
+                #expect(try await h6.reply(1).event == "unlocked")
+            } else {
+                #expect(first.event == "failed" && first.status == "DLM_ECANCEL", "\(first)")
+            }
+            #expect(try await eventually { h6.isClosed })
+            #expect(try await eventually {
+                try await ControlConnection.dump(paths[2]).resources.first { $0.name == "hold-r" }?.granted.count == 1
+            })
             // A refused hold reports "failed".
             let h4 = try await ControlConnection.open(paths[1])
             try await h4.send("hold alpha hold-r EX flags=NOQUEUE,CONVDEADLK")

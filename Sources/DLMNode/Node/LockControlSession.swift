@@ -27,6 +27,8 @@ final class LockControlSession: @unchecked Sendable {
     private var held: (lockspace: String, lkid: UInt32)?
     private var isHold = false
     private var releasing = false
+    /// `unlock` arrived before the request was accepted: release as soon as it is (its LVB).
+    private var earlyRelease: [UInt8]??
 
     init(node: PeerNode, channel: Channel, logger: Logger) {
         self.node = node
@@ -208,6 +210,12 @@ final class LockControlSession: @unchecked Sendable {
     private func holdStarted(_ submitted: DLMSubmitted) {
         let lock = submitted.lock
         held = (lock.lockspace, lock.lkid)
+        defer {
+            if let early = earlyRelease {
+                earlyRelease = nil
+                release(lvb: early)
+            }
+        }
         if lock.status.requestedMode != nil {
             waiting = (lock.lockspace, lock.lkid)
             node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
@@ -267,13 +275,23 @@ final class LockControlSession: @unchecked Sendable {
     }
 
     private func release(lvb: [UInt8]?) {
-        guard let h = held, !releasing else { return }
-        if waiting != nil {
-            // Still queued: cancel instead (the completion then reports the cancel and closes).
-            node.apiCancel(lockspace: h.lockspace, lkid: h.lkid).whenComplete { _ in }
+        guard let h = held else {
+            earlyRelease = .some(lvb)
             return
         }
+        guard !releasing else { return }
         releasing = true
+        if waiting != nil {
+            // Not granted yet: cancel (the completion then reports the cancel as "failed" and
+            // closes); if the grant wins the race, unlock (the observer reports "unlocked").
+            node.apiCancel(lockspace: h.lockspace, lkid: h.lkid).whenSuccess { [node] cancelled in
+                if !cancelled {
+                    node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: lvb == nil ? [] : .valBlk, lvb: lvb)
+                        .whenComplete { _ in }
+                }
+            }
+            return
+        }
         node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: lvb == nil ? [] : .valBlk, lvb: lvb)
             .whenFailure { [self] e in
                 releasing = false
