@@ -183,7 +183,8 @@ public enum ControlRequest: Equatable, Sendable {
         var bytes = Array(word.utf8)[...]
         while let b = bytes.popFirst() {
             if b == UInt8(ascii: "%") {
-                guard bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) else {
+                guard bytes.count >= 2, bytes.prefix(2).allSatisfy(isHexDigit),
+                      let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16) else {
                     throw ParseError("bad %-escape in \(what) \(word.prefix(70))")
                 }
                 out.append(v)
@@ -207,7 +208,7 @@ public enum ControlRequest: Equatable, Sendable {
     public static func parseLkid(_ word: String) throws(ParseError) -> UInt32 {
         var w = Substring(word)
         if w.hasPrefix("0x") || w.hasPrefix("0X") { w = w.dropFirst(2) }
-        guard !w.isEmpty, w.count <= 8, let v = UInt32(w, radix: 16), v != 0 else {
+        guard !w.isEmpty, w.count <= 8, w.utf8.allSatisfy(isHexDigit), let v = UInt32(w, radix: 16), v != 0 else {
             throw ParseError("bad lock id \(word.prefix(20)): expected a non-zero hex id like 0000001a")
         }
         return v
@@ -228,6 +229,11 @@ public enum ControlRequest: Equatable, Sendable {
         return flags
     }
 
+    static func isHexDigit(_ c: UInt8) -> Bool {
+        (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(c) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(c)
+            || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(c)
+    }
+
     public static func flagNames(_ flags: LockFlags) -> [String] {
         LockFlags.names.filter { flags.rawValue & $0.0 != 0 }.map(\.1)
     }
@@ -237,6 +243,7 @@ public enum ControlRequest: Equatable, Sendable {
         var t = Substring(text)
         if t.hasPrefix("0x") || t.hasPrefix("0X") { t = t.dropFirst(2) }
         let digits = Array(t.utf8)
+        guard digits.allSatisfy(isHexDigit) else { throw ParseError("bad hex \(text.prefix(40))") }
         guard digits.count % 2 == 0 else { throw ParseError("bad hex \(text.prefix(40)): odd number of digits") }
         var out: [UInt8] = []
         out.reserveCapacity(digits.count / 2)
