@@ -8,33 +8,32 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
-/// Takes `spec`'s lock, logs its callbacks (`LOCK`, `BAST`, `UNLOCK` lines a test can wait
-/// for), and releases it after `spec.seconds` (never when 0).
+/// Takes `spec`'s lock through the Swift lock API, logs its callbacks (`LOCK`, `BAST`, `UNLOCK`
+/// lines a test can wait for), and releases it after `spec.seconds` (never when 0).
 func takeLock(_ spec: RunCommand.LockSpec, on peer: PeerNode, logger: Logger) {
     let what = "\(spec.lockspace) \(spec.resource) \(spec.mode)"
-    let lkid = NIOLockedValueBox<UInt32>(0)
-    peer.lock(lockspace: spec.lockspace, name: spec.resource, mode: spec.mode, onCompletion: { c in
-        if c.endOfLife {
-            logger.info("UNLOCK \(what) done (\(c.status))")
+    Task {
+        let ls = peer.lockspace(spec.lockspace)
+        let lock: DLMLock
+        do {
+            lock = try await ls.request(spec.resource, mode: spec.mode, onBlocking: { mode in
+                logger.info("BAST \(what): a \(mode) request is waiting")
+            })
+            logger.info("requested \(what) (lkid \(String(lock.lkid, radix: 16)))")
+            try await lock.wait()
+            logger.info("LOCK \(what) granted")
+        } catch {
+            logger.error("LOCK \(what) failed: \(error)")
             return
         }
-        logger.info("LOCK \(what) \(c.status == .granted ? "granted" : "failed: \(c.status)")")
-        guard c.status == .granted, spec.seconds > 0 else { return }
-        peer.eventLoop.scheduleTask(in: .nanoseconds(Int64(spec.seconds * 1e9))) {
-            logger.info("releasing \(what)")
-            peer.unlock(lockspace: spec.lockspace, lkid: lkid.withLockedValue { $0 }).whenFailure { e in
-                logger.error("UNLOCK \(what) failed: \(e)")
-            }
-        }
-    }, onBlocking: { mode in
-        logger.info("BAST \(what): a \(mode) request is waiting")
-    }).whenComplete { result in
-        switch result {
-        case .success(let id):
-            lkid.withLockedValue { $0 = id }
-            logger.info("requested \(what) (lkid \(String(id, radix: 16)))")
-        case .failure(let e):
-            logger.error("LOCK \(what) failed: \(e)")
+        guard spec.seconds > 0 else { return }
+        try? await Task.sleep(nanoseconds: UInt64(spec.seconds * 1e9))
+        logger.info("releasing \(what)")
+        do {
+            try await ls.unlock(lock)
+            logger.info("UNLOCK \(what) done (\(LockResult.unlocked))")
+        } catch {
+            logger.error("UNLOCK \(what) failed: \(error)")
         }
     }
 }

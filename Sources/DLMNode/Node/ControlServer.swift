@@ -4,8 +4,8 @@ import NIOCore
 import NIOPosix
 
 /// The node's local control socket (a Unix domain socket): one request line in, one JSON
-/// document out, then the server closes. Requests: `status`. (The lock commands of issue 6
-/// will use the same socket.)
+/// document out, then the server closes. Requests: `status`, and the lock requests of
+/// `ControlRequest` (`hold` keeps the connection open; see LockControlSession).
 public final class ControlServer: Sendable {
     public let path: String
     private let channel: Channel
@@ -48,6 +48,8 @@ final class ControlHandler: ChannelInboundHandler {
     let logger: Logger
     private var request = ByteBuffer()
     private var answered = false
+    /// A lock request's connection (LockControlSession.swift); `hold` keeps it open.
+    private var session: LockControlSession?
 
     init(node: PeerNode, logger: Logger) {
         self.node = node
@@ -56,6 +58,10 @@ final class ControlHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
+        if let session {
+            session.received(&bytes)
+            return
+        }
         request.writeBuffer(&bytes)
         guard !answered, let newline = request.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
             if request.readableBytes > 4096 { context.close(promise: nil) }
@@ -82,10 +88,21 @@ final class ControlHandler: ChannelInboundHandler {
                 out.writeString("\n")
                 context.writeAndFlush(NIOAny(out)).whenComplete { _ in ctx.value.close(promise: nil) }
             }
+        case _ where LockControlSession.handles(line):
+            let session = LockControlSession(node: node, channel: context.channel, logger: logger)
+            self.session = session
+            session.start(line)
+            var rest = request.getSlice(at: newline + 1, length: request.writerIndex - newline - 1) ?? ByteBuffer()
+            if rest.readableBytes > 0 { session.received(&rest) }
         default:
             var out = context.channel.allocator.buffer(capacity: 64)
             out.writeString("{\"error\":\"unknown request: \(line.prefix(40))\"}\n")
             context.writeAndFlush(NIOAny(out)).whenComplete { _ in ctx.value.close(promise: nil) }
         }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        session?.inactive()
+        context.fireChannelInactive()
     }
 }

@@ -16,9 +16,9 @@ public final class PeerNode: @unchecked Sendable {
     public let config: ClusterConfig
     public let nodeID: UInt32
     public let eventLoop: EventLoop
-    fileprivate let logger: Logger
+    let logger: Logger
     fileprivate var lowcomms: Lowcomms?
-    fileprivate var lockspaces: [UInt32: LockspaceState] = [:]
+    var lockspaces: [UInt32: LockspaceState] = [:]
 
     /// Per-lockspace state; confined to `eventLoop` (hence `@unchecked Sendable`: only closures
     /// that run on that loop capture it).
@@ -35,6 +35,8 @@ public final class PeerNode: @unchecked Sendable {
         var clients: [UInt64: LocalLock] = [:]
         /// The join failed; the lockspace only answers RCOM_STATUS until it is dropped.
         var failed = false
+        /// Locks taken through the Swift API (`DLMLockspace`), by lkid (API/PeerNode+API.swift).
+        var api: [UInt32: DLMLockRouter] = [:]
 
         init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, locks: LockManager,
              joined: EventLoopPromise<RecoveryReport>) {
@@ -54,11 +56,11 @@ public final class PeerNode: @unchecked Sendable {
     }
 
     private let started = ContinuousClock.now
-    fileprivate var nextTag: UInt64 = 1
+    var nextTag: UInt64 = 1
     fileprivate var tickTask: RepeatedTask?
 
     /// Time since the node started: the lock manager's clock.
-    fileprivate var elapsed: Duration { ContinuousClock.now - started }
+    var elapsed: Duration { ContinuousClock.now - started }
 
     public init(config: ClusterConfig, nodeID: UInt32, eventLoop: EventLoop,
                 logger: Logger = Logger(label: "dlm.node")) throws {
@@ -122,6 +124,7 @@ public final class PeerNode: @unchecked Sendable {
         ls.timer?.cancel()
         ls.timer = nil
         ls.failed = true
+        failAPILocks(ls, reason: "the join of lockspace \(ls.name) failed")
         for n in ls.recovery.memberIDs where n != nodeID { lowcomms?.memberRemoved(n) }
         logger.info("\(ls.name): not joined; the lockspace is dropped in \(Self.failedLockspaceGrace)")
         eventLoop.scheduleTask(in: Self.failedLockspaceGrace) { [weak self, ls] in
@@ -138,6 +141,7 @@ public final class PeerNode: @unchecked Sendable {
     public func leave() -> EventLoopFuture<Void> {
         eventLoop.flatSubmit { [self] in
             for (_, ls) in lockspaces {
+                failAPILocks(ls, reason: "the node left lockspace \(ls.name)")
                 ls.timer?.cancel()
                 logger.info("leaving lockspace \(ls.name)")
                 if ls.failed { continue }     // its members were released when its join failed
@@ -325,7 +329,7 @@ extension PeerNode {
         for ls in lockspaces.values { perform(ls.locks.tick(now: elapsed), ls) }
     }
 
-    fileprivate func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
+    func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
         for action in actions {
             switch action {
             case .send(let m, let node):
