@@ -266,8 +266,9 @@ public struct MidcommsPeer: Sendable {
         }
     }
 
-    mutating func writeBare(_ packet: DLMPacket, _ out: inout [MidcommsAction]) {
-        let bytes = packet.encoded(allocator: allocator)
+    mutating func writeBare(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        var bytes = allocator.buffer(capacity: payload.encodedLength)
+        payload.encode(into: &bytes)
         stats.sent &+= 1
         if transmit == nil {
             pendingBare.append(bytes)
@@ -298,9 +299,34 @@ public struct MidcommsPeer: Sendable {
         writeFrame(OutboundFrame(kind: .ack(value), bytes: bytes), sequenced: false, &out)
     }
 
+    /// Wraps `payload` in DLM_OPTS with the next sequence number, keeps it until acknowledged,
+    /// writes it. Encodes the envelope and the message straight into one buffer (the bytes
+    /// `DLMPacket.opts(DLMOpts(header:inner:)).encoded()` gives, without building those values).
+    mutating func sendSequenced(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        ackBeforeSequenced(&out)
+        let seq = seqSend
+        seqSend &+= 1
+        let innerLength = payload.encodedLength
+        var bytes = allocator.buffer(capacity: DLMOpts.headerSize + innerLength)
+        DLMOpts.writeEnvelope(seq: seq, nodeID: config.localNodeID, innerLength: innerLength,
+                              innerCommand: payload.header.command, into: &bytes)
+        payload.encode(into: &bytes)
+        queueSequenced(seq, bytes, fin: nil, &out)
+    }
+
     /// Wraps `inner` in DLM_OPTS with the next sequence number, keeps it until acknowledged, writes it.
     mutating func sendSequenced(_ inner: DLMInner, fin: FinRole?, _ out: inout [MidcommsAction]) {
-        // Newer kernels: ACK what we owe before a sequenced message once more than 32 are pending.
+        ackBeforeSequenced(&out)
+        let seq = seqSend
+        seqSend &+= 1
+        let header = DLMHeader(version: .v3_2, word: seq, nodeID: config.localNodeID, length: 0, command: .opts)
+        let bytes = DLMPacket.opts(DLMOpts(header: header, inner: inner)).encoded(allocator: allocator)
+        queueSequenced(seq, bytes, fin: fin, &out)
+    }
+
+    /// Newer kernels: ACK what we owe before a sequenced message once more than 32 are pending.
+    @inline(__always)
+    mutating func ackBeforeSequenced(_ out: inout [MidcommsAction]) {
         switch config.ackPolicy {
         case .threshold(let onSend, _):
             if deliveredSinceAck > onSend {
@@ -310,10 +336,11 @@ public struct MidcommsPeer: Sendable {
         case .perBatch:
             break
         }
-        let seq = seqSend
-        seqSend &+= 1
-        let header = DLMHeader(version: .v3_2, word: seq, nodeID: config.localNodeID, length: 0, command: .opts)
-        let bytes = DLMPacket.opts(DLMOpts(header: header, inner: inner)).encoded(allocator: allocator)
+    }
+
+    /// Keeps the encoded OPTS `seq` until acknowledged and writes it (or asks for a connection).
+    @inline(__always)
+    mutating func queueSequenced(_ seq: UInt32, _ bytes: ByteBuffer, fin: FinRole?, _ out: inout [MidcommsAction]) {
         let written = transmit != nil
         unacked.append(Unacked(seq: seq, bytes: bytes, fin: fin, queuedAt: now, written: written))
         stats.sent &+= 1
@@ -357,34 +384,16 @@ public struct MidcommsPeer: Sendable {
     }
 
     func stamped(_ payload: MidcommsPayload) -> MidcommsPayload {
-        switch payload {
-        case .message(var m):
-            m.header.version = config.ownVersion
-            m.header.nodeID = config.localNodeID
-            m.header.command = HeaderCommand.message.rawValue
-            return .message(m)
-        case .rcom(var r):
-            r.header.version = config.ownVersion
-            r.header.nodeID = config.localNodeID
-            r.header.command = HeaderCommand.rcom.rawValue
-            return .rcom(r)
-        }
+        var p = payload
+        p.stamp(version: config.ownVersion, nodeID: config.localNodeID)
+        return p
     }
 
     mutating func send(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
-        let p = stamped(payload)
-        let bare: DLMPacket
-        let inner: DLMInner
-        switch p {
-        case .message(let m):
-            bare = .message(m)
-            inner = .message(m)
-        case .rcom(let r):
-            bare = .rcom(r)
-            inner = .rcom(r)
-        }
+        var p = payload
+        p.stamp(version: config.ownVersion, nodeID: config.localNodeID)
         if config.emulate31 {
-            writeBare(bare, &out)
+            writeBare(p, &out)
             return
         }
         if stopTx {
@@ -395,18 +404,18 @@ public struct MidcommsPeer: Sendable {
         switch peerVersion {
         case nil:
             if stateless {
-                writeBare(bare, &out)
+                writeBare(p, &out)
             } else {
                 waitingForVersion.append(p)
                 out.append(.log(.debug, "node \(config.peerNodeID): version unknown, holding a stateful message (\(waitingForVersion.count) held)"))
             }
         case .v31:
-            writeBare(bare, &out)
+            writeBare(p, &out)
         case .v32:
             if stateless {
-                writeBare(bare, &out)
+                writeBare(p, &out)
             } else {
-                sendSequenced(inner, fin: nil, &out)
+                sendSequenced(p, &out)
             }
         }
     }
@@ -434,14 +443,23 @@ public struct MidcommsPeer: Sendable {
     }
 
     mutating func receiveFrame(_ bytes: ByteBuffer, _ out: inout [MidcommsAction]) {
-        // Fast path, as the kernel does it: an out-of-order OPTS from a known 3.2 peer is judged
-        // by its outer header alone (after the envelope length checks); the inner message is
-        // never decoded. This keeps the duplicate bursts after a reconnect cheap.
         if !config.emulate31, case .v32 = peerVersion, let header = try? DLMHeader.peek(bytes),
-           header.version == .v3_2, header.command == HeaderCommand.opts.rawValue,
-           header.seq != seqNext, Self.optsEnvelopeAcceptable(bytes) {
-            receiveSequenced(header.seq, nil, &out)
-            return
+           header.version == .v3_2, header.command == HeaderCommand.opts.rawValue {
+            if header.seq != seqNext {
+                // As the kernel does it: an out-of-order OPTS from a known 3.2 peer is judged by its
+                // outer header alone (after the envelope length checks); the inner message is never
+                // decoded. This keeps the duplicate bursts after a reconnect cheap.
+                if Self.optsEnvelopeAcceptable(bytes) {
+                    receiveSequenced(header.seq, nil, &out)
+                    return
+                }
+            } else if let m = Self.decodeSequencedMessage(bytes, header: header) {
+                // The stream's common case, a DLM_MSG in order: decoded without the DLMPacket,
+                // DLMOpts and DLMInner values around it (what the general path below would
+                // conclude for these bytes, see `decodeSequencedMessage`).
+                receiveInOrder(header.seq, .message(m), &out)
+                return
+            }
         }
         let packet: DLMPacket
         do {
@@ -574,6 +592,7 @@ public struct MidcommsPeer: Sendable {
         out.append(.versionDetected(v))
     }
 
+    @inline(__always)
     mutating func deliver(_ payload: MidcommsPayload, seq: UInt32?, _ out: inout [MidcommsAction]) {
         let sender = payload.header.nodeID
         guard sender == config.peerNodeID else {
@@ -587,36 +606,54 @@ public struct MidcommsPeer: Sendable {
     /// An OPTS from a 3.2 peer: deliver only the expected sequence number.
     mutating func receiveSequenced(_ seq: UInt32, _ inner: DLMInner?, _ out: inout [MidcommsAction]) {
         if seq == seqNext {
-            seqNext &+= 1
             switch inner {
             case .fin:
+                seqNext &+= 1
                 receiveFin(&out)
-                return
             case .message(let m):
-                if stopRx { out.append(.log(.warning, "node \(config.peerNodeID): message after its FIN, seq \(seq)")) }
-                deliver(.message(m), seq: seq, &out)
+                receiveInOrder(seq, .message(m), &out)
             case .rcom(let r):
-                if stopRx { out.append(.log(.warning, "node \(config.peerNodeID): rcom after its FIN, seq \(seq)")) }
-                deliver(.rcom(r), seq: seq, &out)
+                receiveInOrder(seq, .rcom(r), &out)
             case nil:
+                seqNext &+= 1
                 drop(.undecodableInner, "seq \(seq) consumed but its inner message does not decode", &out)
-            }
-            deliveredInBatch = true
-            deliveredSinceAck &+= 1
-            switch config.ackPolicy {
-            case .threshold(_, let onReceive):
-                if deliveredSinceAck > onReceive {
-                    deliveredSinceAck = 0
-                    sendAck(seqNext, &out)
-                }
-            case .perBatch:
-                break
+                countInOrder(&out)
             }
         } else if SeqMath.before(seq, seqNext) {
             drop(.duplicate, "ignore dlm msg because seq mismatch, seq: \(seq), expected: \(seqNext)", &out)
             sendAck(seqNext, &out)
         } else {
             drop(.futureSequence, "ignore dlm msg because seq mismatch, seq: \(seq), expected: \(seqNext)", &out)
+        }
+    }
+
+    /// The OPTS `seq` (== `seqNext`) carried `payload`: consume the number, deliver, count for ACKs.
+    @inline(__always)
+    mutating func receiveInOrder(_ seq: UInt32, _ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        seqNext &+= 1
+        if stopRx {
+            switch payload {
+            case .message: out.append(.log(.warning, "node \(config.peerNodeID): message after its FIN, seq \(seq)"))
+            case .rcom: out.append(.log(.warning, "node \(config.peerNodeID): rcom after its FIN, seq \(seq)"))
+            }
+        }
+        deliver(payload, seq: seq, &out)
+        countInOrder(&out)
+    }
+
+    /// A sequence number other than a FIN's was consumed: the ACK policies' bookkeeping.
+    @inline(__always)
+    mutating func countInOrder(_ out: inout [MidcommsAction]) {
+        deliveredInBatch = true
+        deliveredSinceAck &+= 1
+        switch config.ackPolicy {
+        case .threshold(_, let onReceive):
+            if deliveredSinceAck > onReceive {
+                deliveredSinceAck = 0
+                sendAck(seqNext, &out)
+            }
+        case .perBatch:
+            break
         }
     }
 
