@@ -44,7 +44,8 @@ public struct MidcommsPeer: Sendable {
 
     struct Unacked: Sendable {
         var seq: UInt32
-        var bytes: ByteBuffer
+        /// The encoded DLM_OPTS in `store`.
+        var ref: SendStore.Ref
         var fin: FinRole?
         var queuedAt: NIODeadline
         /// Written to some connection at least once (it may be lost in flight).
@@ -58,6 +59,8 @@ public struct MidcommsPeer: Sendable {
     var seqNext: UInt32
     var users = 0
     var unacked = CircularBuffer<Unacked>()
+    /// The bytes of the `unacked` messages.
+    var store = SendStore()
     /// Stateful sends waiting for the version (see the type comment).
     var waitingForVersion = CircularBuffer<MidcommsPayload>()
     /// Bare frames that found no transmit connection.
@@ -132,6 +135,7 @@ public struct MidcommsPeer: Sendable {
     /// Handles one event at time `now`, appending the actions to `out` (no allocation per call).
     public mutating func handle(_ event: MidcommsEvent, now: NIODeadline, into out: inout [MidcommsAction]) {
         self.now = now
+        store.beginHandling()
         switch event {
         case .connectionUp(let id):
             connectionUp(id, &out)
@@ -197,11 +201,11 @@ public struct MidcommsPeer: Sendable {
                 if resent == 0 { firstResent = unacked[i].seq }
                 lastResent = unacked[i].seq
                 resent += 1
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: unacked[i].bytes),
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: store.bytes(unacked[i].ref)),
                            sequenced: true, &out)
             } else {
                 unacked[i].written = true
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: unacked[i].bytes),
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: store.bytes(unacked[i].ref)),
                            sequenced: true, &out)
             }
         }
@@ -300,18 +304,20 @@ public struct MidcommsPeer: Sendable {
     }
 
     /// Wraps `payload` in DLM_OPTS with the next sequence number, keeps it until acknowledged,
-    /// writes it. Encodes the envelope and the message straight into one buffer (the bytes
+    /// writes it. Encodes the envelope and the message straight into the send store (the bytes
     /// `DLMPacket.opts(DLMOpts(header:inner:)).encoded()` gives, without building those values).
     mutating func sendSequenced(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
         ackBeforeSequenced(&out)
         let seq = seqSend
         seqSend &+= 1
         let innerLength = payload.encodedLength
-        var bytes = allocator.buffer(capacity: DLMOpts.headerSize + innerLength)
-        DLMOpts.writeEnvelope(seq: seq, nodeID: config.localNodeID, innerLength: innerLength,
-                              innerCommand: payload.header.command, into: &bytes)
-        payload.encode(into: &bytes)
-        queueSequenced(seq, bytes, fin: nil, &out)
+        let nodeID = config.localNodeID
+        let ref = store.append(reserving: DLMOpts.headerSize + innerLength) { bytes in
+            DLMOpts.writeEnvelope(seq: seq, nodeID: nodeID, innerLength: innerLength,
+                                  innerCommand: payload.header.command, into: &bytes)
+            payload.encode(into: &bytes)
+        }
+        queueSequenced(seq, ref, fin: nil, &out)
     }
 
     /// Wraps `inner` in DLM_OPTS with the next sequence number, keeps it until acknowledged, writes it.
@@ -320,8 +326,9 @@ public struct MidcommsPeer: Sendable {
         let seq = seqSend
         seqSend &+= 1
         let header = DLMHeader(version: .v3_2, word: seq, nodeID: config.localNodeID, length: 0, command: .opts)
-        let bytes = DLMPacket.opts(DLMOpts(header: header, inner: inner)).encoded(allocator: allocator)
-        queueSequenced(seq, bytes, fin: fin, &out)
+        let opts = DLMOpts(header: header, inner: inner)
+        let ref = store.append(reserving: opts.encodedLength) { opts.encode(into: &$0) }
+        queueSequenced(seq, ref, fin: fin, &out)
     }
 
     /// Newer kernels: ACK what we owe before a sequenced message once more than 32 are pending.
@@ -340,12 +347,12 @@ public struct MidcommsPeer: Sendable {
 
     /// Keeps the encoded OPTS `seq` until acknowledged and writes it (or asks for a connection).
     @inline(__always)
-    mutating func queueSequenced(_ seq: UInt32, _ bytes: ByteBuffer, fin: FinRole?, _ out: inout [MidcommsAction]) {
+    mutating func queueSequenced(_ seq: UInt32, _ ref: SendStore.Ref, fin: FinRole?, _ out: inout [MidcommsAction]) {
         let written = transmit != nil
-        unacked.append(Unacked(seq: seq, bytes: bytes, fin: fin, queuedAt: now, written: written))
+        unacked.append(Unacked(seq: seq, ref: ref, fin: fin, queuedAt: now, written: written))
         stats.sent &+= 1
         if written {
-            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: bytes), sequenced: true, &out)
+            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: store.bytes(ref)), sequenced: true, &out)
         } else {
             requestConnect(&out)
         }
@@ -689,10 +696,13 @@ public struct MidcommsPeer: Sendable {
             return
         }
         var finAcked: FinRole?
+        var freed = false
         while let first = unacked.first, SeqMath.before(first.seq, value) {
             if let role = first.fin { finAcked = role }
             unacked.removeFirst()
+            freed = true
         }
+        if freed { store.release(keeping: unacked.first?.ref) }
         guard let role = finAcked else { return }
         switch role {
         case .active:
@@ -924,6 +934,7 @@ public struct MidcommsPeer: Sendable {
         deliveredInBatch = false
         ackOwed = false
         unacked.removeAll()
+        store.release(keeping: nil)
         setState(.closed, &out)
         stats.resets &+= 1
         out.append(.sessionReset(reason))
