@@ -136,6 +136,28 @@ struct MidcommsFastPathTests {
         for (n, slice) in held.enumerated() { #expect(slice == expected[n * 7], "held slice \(n) after release") }
     }
 
+    @Test("a burst in one handle (held messages sent once the version is known) shares chunks, bytes right")
+    func burstSharesChunks() throws {
+        var e = connected()
+        let held = 3000
+        for i in 0..<held { e.handle(.send(MC.request(UInt32(i), from: 1, nameLength: i % 64))) }
+        #expect(e.outbox.isEmpty)
+        e.handle(.received(MC.bare(MC.rcom(.status, from: 2)), on: ConnectionID(2)))
+        let frames = e.takeOutbox()
+        #expect(frames.count == held)
+        for (i, f) in frames.enumerated() {
+            #expect(f.kind == .sequenced(seq: UInt32(i), retransmission: false))
+            #expect(f.bytes == Self.opts(UInt32(i), MC.request(UInt32(i), from: 1, nameLength: i % 64), from: 1).encoded(), "seq \(i)")
+        }
+        // About 3000 × 130 bytes in 64 KiB chunks: a handful, not one per message.
+        #expect(e.peer.store.chunkCount < 12, "\(e.peer.store.chunkCount) chunks")
+        // A reconnect resends them all from the store, byte for byte.
+        e.handle(.connectionLost(ConnectionID(1), .error("ECONNRESET")))
+        e.handle(.connectionUp(ConnectionID(5)))
+        let resent = e.takeOutbox().filter { if case .sequenced = $0.kind { return true } else { return false } }
+        #expect(resent.map(\.bytes) == frames.map(\.bytes))
+    }
+
     @Test("a long stream: every frame written is the OPTS of its message, and ACKs free the store")
     func streamFreesStore() throws {
         var e = session()

@@ -61,6 +61,8 @@ public struct MidcommsPeer: Sendable {
     var unacked = CircularBuffer<Unacked>()
     /// The bytes of the `unacked` messages.
     var store = SendStore()
+    /// `.write` actions of this `handle` (index in its output) still to get their stored bytes.
+    var storedWrites: [(index: Int, ref: SendStore.Ref)] = []
     /// Stateful sends waiting for the version (see the type comment).
     var waitingForVersion = CircularBuffer<MidcommsPayload>()
     /// Bare frames that found no transmit connection.
@@ -168,6 +170,23 @@ public struct MidcommsPeer: Sendable {
             versionJustDetected = false
             flushWaitingForVersion(&out)
         }
+        if !storedWrites.isEmpty { fillStoredWrites(&out) }
+    }
+
+    /// Gives the writes of stored messages queued by this `handle` their bytes, now that no
+    /// more messages will be appended to the store in it: slices taken earlier would have shared
+    /// the store's newest chunk while more messages were encoded into it (see `SendStore`).
+    mutating func fillStoredWrites(_ out: inout [MidcommsAction]) {
+        for (index, ref) in storedWrites {
+            guard case .write(var frame, let conn) = out[index] else { continue }
+            frame.bytes = store.bytes(ref)
+            out[index] = .write(frame, on: conn)
+        }
+        if storedWrites.count == 1 {
+            storedWrites.removeLast()
+        } else {
+            storedWrites.removeAll(keepingCapacity: true)
+        }
     }
 
     // MARK: - Connections
@@ -201,12 +220,12 @@ public struct MidcommsPeer: Sendable {
                 if resent == 0 { firstResent = unacked[i].seq }
                 lastResent = unacked[i].seq
                 resent += 1
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: store.bytes(unacked[i].ref)),
-                           sequenced: true, &out)
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: ByteBuffer()),
+                           sequenced: true, stored: unacked[i].ref, &out)
             } else {
                 unacked[i].written = true
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: store.bytes(unacked[i].ref)),
-                           sequenced: true, &out)
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: ByteBuffer()),
+                           sequenced: true, stored: unacked[i].ref, &out)
             }
         }
         if resent > 0 {
@@ -254,18 +273,23 @@ public struct MidcommsPeer: Sendable {
 
     // MARK: - Writing
 
-    /// Writes one frame on the transmit connection, through the fault injector.
-    mutating func writeFrame(_ frame: OutboundFrame, sequenced: Bool, _ out: inout [MidcommsAction]) {
+    /// Writes one frame on the transmit connection, through the fault injector. With `stored`,
+    /// the frame's bytes are those of that stored message, filled in at the end of `handle`.
+    mutating func writeFrame(_ frame: OutboundFrame, sequenced: Bool, stored: SendStore.Ref? = nil,
+                             _ out: inout [MidcommsAction]) {
         guard let conn = transmit else { return }
         switch faults.decide(sequenced: sequenced) {
         case .write:
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
         case .drop:
             stats.faultDropped &+= 1
             out.append(.log(.info, "fault injection: dropped outgoing \(frame.kind) to node \(config.peerNodeID)"))
         case .duplicate:
             stats.faultDuplicated &+= 1
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
         }
     }
@@ -352,7 +376,8 @@ public struct MidcommsPeer: Sendable {
         unacked.append(Unacked(seq: seq, ref: ref, fin: fin, queuedAt: now, written: written))
         stats.sent &+= 1
         if written {
-            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: store.bytes(ref)), sequenced: true, &out)
+            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: ByteBuffer()), sequenced: true,
+                       stored: ref, &out)
         } else {
             requestConnect(&out)
         }

@@ -7,10 +7,12 @@ import NIOCore
 /// Messages are encoded straight into the newest chunk (`tail`), which we own alone while
 /// nobody holds a slice of it: a slice handed out in an action shares the chunk's storage, and
 /// writing into shared storage would copy it (ByteBuffer copy-on-write; correct, only slow).
-/// So after handing out a slice of the tail, the next message in the same `handle` call starts
-/// a new chunk; a driver that carries out the actions and drops them before its next `handle`
-/// (as lowcomms does: it copies frames into its write batch) keeps the tail unshared. A driver
-/// that keeps frames longer only makes the next append copy the tail once.
+/// So `MidcommsPeer` takes the slices for its `.write` actions only at the end of `handle`,
+/// after the last append of that call; a driver that carries out the actions and drops them
+/// before its next `handle` (as lowcomms does: it copies frames into its write batch) keeps the
+/// tail unshared. A driver that keeps frames longer only makes the next append copy the tail.
+/// Should a slice of the tail be taken before an append all the same, that append starts a
+/// new chunk instead.
 struct SendStore: Sendable {
     /// A stored message: chunk serial number, offset and length in the chunk.
     struct Ref: Sendable {
