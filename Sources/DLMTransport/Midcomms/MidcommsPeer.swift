@@ -415,12 +415,6 @@ public struct MidcommsPeer: Sendable {
         }
     }
 
-    func stamped(_ payload: MidcommsPayload) -> MidcommsPayload {
-        var p = payload
-        p.stamp(version: config.ownVersion, nodeID: config.localNodeID)
-        return p
-    }
-
     mutating func send(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
         var p = payload
         p.stamp(version: config.ownVersion, nodeID: config.localNodeID)
@@ -959,6 +953,8 @@ public struct MidcommsPeer: Sendable {
         deliveredInBatch = false
         ackOwed = false
         unacked.removeAll()
+        // Writes queued earlier in this `handle` take their bytes before the store is emptied.
+        if !storedWrites.isEmpty { fillStoredWrites(&out) }
         store.release(keeping: nil)
         setState(.closed, &out)
         stats.resets &+= 1
