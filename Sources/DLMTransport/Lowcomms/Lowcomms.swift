@@ -16,7 +16,10 @@ final class LowcommsPeerState: @unchecked Sendable {
     let peer: LowcommsConfig.Peer
     let connectAddresses: [SocketAddress]
     var addressIndex = 0
-    var midcomms: MidcommsPeer
+    // The hot per-message state is exempt from dynamic exclusivity checks (a runtime call per
+    // access): it is touched only on the event loop, and no access to it spans a callback
+    // (`Lowcomms.run` ends its access to `midcomms` before it carries out the actions).
+    @exclusivity(unchecked) var midcomms: MidcommsPeer
     /// Established connections (outgoing and accepted), oldest first.
     var connections: [LowcommsConnection] = []
     /// Our own connection: connecting or established.
@@ -31,12 +34,12 @@ final class LowcommsPeerState: @unchecked Sendable {
     var retryTask: Scheduled<Void>?
     var timerTask: Scheduled<Void>?
     var killTask: RepeatedTask?
-    var stats: LowcommsPeerCounters
+    @exclusivity(unchecked) var stats: LowcommsPeerCounters
     var hadTransmit = false
     /// Our close of this peer finished (shutdown) or it was removed: no more connects.
     var closed = false
-    var inBatch = false
-    var unackedAtBatchStart = 0
+    @exclusivity(unchecked) var inBatch = false
+    @exclusivity(unchecked) var unackedAtBatchStart = 0
 
     init(peer: LowcommsConfig.Peer, midcomms: MidcommsConfig, addresses: [SocketAddress]) {
         nodeID = peer.nodeID
@@ -79,9 +82,14 @@ public final class Lowcomms: @unchecked Sendable {
     let listenAddress: SocketAddress
     let bindAddress: SocketAddress
     var nextConnectionID: UInt64 = 1
-    var dirty: [LowcommsConnection] = []
-    var flushScheduled = false
-    var scratch: [MidcommsAction] = []
+    @exclusivity(unchecked) var dirty: [LowcommsConnection] = []
+    @exclusivity(unchecked) var flushScheduled = false
+    @exclusivity(unchecked) var scratch: [MidcommsAction] = []
+    /// The time of this event-loop tick for sends (one clock read per tick, not per message);
+    /// while set, the scheduled flush that clears it is pending.
+    @exclusivity(unchecked) var tickNow: NIODeadline?
+    /// The peer of the last `send` (saves a dictionary lookup per message).
+    @exclusivity(unchecked) var lastSendPeer: LowcommsPeerState?
     var rejectedUnknownAddress = 0
     var acceptedTotal = 0
     var pendingClose: Set<UInt32> = []
@@ -169,8 +177,15 @@ public final class Lowcomms: @unchecked Sendable {
     public func send(_ payload: MidcommsPayload, to node: UInt32) {
         if eventLoop.inEventLoop {
             // Hot path for senders on the loop (replies from `onDelivery`, drivers): no closure.
-            guard let p = livePeer(node, "send") else { return }
-            run(p, .send(payload))
+            let p: LowcommsPeerState
+            if let last = lastSendPeer, last.nodeID == node, !last.closed {
+                p = last
+            } else {
+                guard let found = livePeer(node, "send") else { return }
+                lastSendPeer = found
+                p = found
+            }
+            run(p, .send(payload), now: tickTime())
             scheduleFlush()
             return
         }
@@ -428,15 +443,36 @@ public final class Lowcomms: @unchecked Sendable {
         p.killTask = nil
     }
 
+    /// This tick's time: read once, kept until the flush scheduled at the end of the tick.
+    @inline(__always)
+    func tickTime() -> NIODeadline {
+        if let t = tickNow { return t }
+        let t = NIODeadline.now()
+        tickNow = t
+        if !flushScheduled {
+            flushScheduled = true
+            eventLoop.execute { [self] in
+                flushScheduled = false
+                tickNow = nil
+                flushDirty()
+            }
+        }
+        return t
+    }
+
     /// Feeds one event to the peer's midcomms and carries out the actions.
     @inline(__always)
-    func run(_ p: LowcommsPeerState, _ event: MidcommsEvent) {
+    func run(_ p: LowcommsPeerState, _ event: MidcommsEvent, now: NIODeadline = .now()) {
         var actions = scratch
         scratch = []
-        p.midcomms.handle(event, now: .now(), into: &actions)
+        p.midcomms.handle(event, now: now, into: &actions)
         if !actions.isEmpty {
             perform(actions, p)
-            actions.removeAll(keepingCapacity: true)
+            if actions.count == 1 {
+                actions.removeLast()  // the common case, far cheaper than removeAll
+            } else {
+                actions.removeAll(keepingCapacity: true)
+            }
         }
         if actions.capacity > scratch.capacity { scratch = actions }
     }
@@ -530,6 +566,7 @@ public final class Lowcomms: @unchecked Sendable {
         flushScheduled = true
         eventLoop.execute { [self] in
             flushScheduled = false
+            tickNow = nil
             flushDirty()
         }
     }
@@ -720,7 +757,8 @@ public final class Lowcomms: @unchecked Sendable {
         flushDirty()
     }
 
-    func frameReceived(_ c: LowcommsConnection, _ frame: ByteBuffer) {
+    /// One frame read from `c`; `now` is the time of the read that brought it (one clock read per read).
+    func frameReceived(_ c: LowcommsConnection, _ frame: ByteBuffer, now: NIODeadline) {
         guard let p = c.peer, !c.closed else { return }
         p.stats.framesIn &+= 1
         p.stats.bytesIn &+= frame.readableBytes
@@ -728,7 +766,7 @@ public final class Lowcomms: @unchecked Sendable {
             p.inBatch = true
             p.unackedAtBatchStart = p.midcomms.unackedCount
         }
-        run(p, .receivedFrame(frame, on: c.id))
+        run(p, .receivedFrame(frame, on: c.id), now: now)
     }
 
     func readBatchComplete(_ c: LowcommsConnection) {

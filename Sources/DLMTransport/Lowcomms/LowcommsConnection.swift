@@ -39,17 +39,17 @@ final class LowcommsConnection: @unchecked Sendable {
     let remote: String
     var channel: Channel?
     /// The peer, while the connection is up (saves a table lookup per frame).
-    var peer: LowcommsPeerState?
+    @exclusivity(unchecked) var peer: LowcommsPeerState?
     /// TCP established (channelActive seen).
     var active = false
     /// channelInactive processed: gone for good.
-    var closed = false
+    @exclusivity(unchecked) var closed = false
     var localClose: LocalClose?
     /// First socket error seen (ECONNRESET…).
     var error: String?
-    var needsFlush = false
+    @exclusivity(unchecked) var needsFlush = false
     /// Frames written since the last flush, sent down the pipeline as one buffer.
-    var pending = ByteBuffer()
+    @exclusivity(unchecked) var pending = ByteBuffer()
     static let maxPendingBytes = 256 * 1024
     /// A graceful close (half-close, wait for EOF) is under way.
     var halfClosed = false
@@ -112,9 +112,10 @@ final class LowcommsChannelHandler: ChannelInboundHandler, RemovableChannelHandl
         guard !failed else { return }
         let owner = self.owner
         let connection = self.connection
+        let now = NIODeadline.now()
         do {
             try framer.append(unwrapInboundIn(data)) { frame in
-                owner.frameReceived(connection, frame)
+                owner.frameReceived(connection, frame, now: now)
             }
         } catch let error as FramingError {
             failed = true

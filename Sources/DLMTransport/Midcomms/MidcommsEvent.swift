@@ -30,6 +30,39 @@ public enum MidcommsPayload: Hashable, Sendable {
         case .rcom(let r): return r.header
         }
     }
+
+    /// The message's size on the wire (bare, without an OPTS envelope).
+    public var encodedLength: Int {
+        switch self {
+        case .message(let m): return m.encodedLength
+        case .rcom(let r): return r.encodedLength
+        }
+    }
+
+    /// Appends the bare message (the bytes `DLMPacket.message`/`.rcom` encode to).
+    @inlinable
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .message(let m): m.encode(into: &buffer)
+        case .rcom(let r): r.encode(into: &buffer)
+        }
+    }
+
+    /// Sets `h_version`, `h_nodeid` and `h_cmd` as midcomms sends them, in place.
+    mutating func stamp(version: ProtocolVersion, nodeID: UInt32) {
+        switch self {
+        case .message(var m):
+            m.header.version = version
+            m.header.nodeID = nodeID
+            m.header.command = HeaderCommand.message.rawValue
+            self = .message(m)
+        case .rcom(var r):
+            r.header.version = version
+            r.header.nodeID = nodeID
+            r.header.command = HeaderCommand.rcom.rawValue
+            self = .rcom(r)
+        }
+    }
 }
 
 /// Inputs of `MidcommsPeer`. Time comes separately, as the `now` argument of `handle`.

@@ -44,7 +44,8 @@ public struct MidcommsPeer: Sendable {
 
     struct Unacked: Sendable {
         var seq: UInt32
-        var bytes: ByteBuffer
+        /// The encoded DLM_OPTS in `store`.
+        var ref: SendStore.Ref
         var fin: FinRole?
         var queuedAt: NIODeadline
         /// Written to some connection at least once (it may be lost in flight).
@@ -58,6 +59,10 @@ public struct MidcommsPeer: Sendable {
     var seqNext: UInt32
     var users = 0
     var unacked = CircularBuffer<Unacked>()
+    /// The bytes of the `unacked` messages.
+    var store = SendStore()
+    /// `.write` actions of this `handle` (index in its output) still to get their stored bytes.
+    var storedWrites: [(index: Int, ref: SendStore.Ref)] = []
     /// Stateful sends waiting for the version (see the type comment).
     var waitingForVersion = CircularBuffer<MidcommsPayload>()
     /// Bare frames that found no transmit connection.
@@ -132,6 +137,7 @@ public struct MidcommsPeer: Sendable {
     /// Handles one event at time `now`, appending the actions to `out` (no allocation per call).
     public mutating func handle(_ event: MidcommsEvent, now: NIODeadline, into out: inout [MidcommsAction]) {
         self.now = now
+        store.beginHandling()
         switch event {
         case .connectionUp(let id):
             connectionUp(id, &out)
@@ -163,6 +169,23 @@ public struct MidcommsPeer: Sendable {
         if versionJustDetected {
             versionJustDetected = false
             flushWaitingForVersion(&out)
+        }
+        if !storedWrites.isEmpty { fillStoredWrites(&out) }
+    }
+
+    /// Gives the writes of stored messages queued by this `handle` their bytes, now that no
+    /// more messages will be appended to the store in it: slices taken earlier would have shared
+    /// the store's newest chunk while more messages were encoded into it (see `SendStore`).
+    mutating func fillStoredWrites(_ out: inout [MidcommsAction]) {
+        for (index, ref) in storedWrites {
+            guard case .write(var frame, let conn) = out[index] else { continue }
+            frame.bytes = store.bytes(ref)
+            out[index] = .write(frame, on: conn)
+        }
+        if storedWrites.count == 1 {
+            storedWrites.removeLast()
+        } else {
+            storedWrites.removeAll(keepingCapacity: true)
         }
     }
 
@@ -197,12 +220,12 @@ public struct MidcommsPeer: Sendable {
                 if resent == 0 { firstResent = unacked[i].seq }
                 lastResent = unacked[i].seq
                 resent += 1
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: unacked[i].bytes),
-                           sequenced: true, &out)
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: true), bytes: ByteBuffer()),
+                           sequenced: true, stored: unacked[i].ref, &out)
             } else {
                 unacked[i].written = true
-                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: unacked[i].bytes),
-                           sequenced: true, &out)
+                writeFrame(OutboundFrame(kind: .sequenced(seq: unacked[i].seq, retransmission: false), bytes: ByteBuffer()),
+                           sequenced: true, stored: unacked[i].ref, &out)
             }
         }
         if resent > 0 {
@@ -250,24 +273,30 @@ public struct MidcommsPeer: Sendable {
 
     // MARK: - Writing
 
-    /// Writes one frame on the transmit connection, through the fault injector.
-    mutating func writeFrame(_ frame: OutboundFrame, sequenced: Bool, _ out: inout [MidcommsAction]) {
+    /// Writes one frame on the transmit connection, through the fault injector. With `stored`,
+    /// the frame's bytes are those of that stored message, filled in at the end of `handle`.
+    mutating func writeFrame(_ frame: OutboundFrame, sequenced: Bool, stored: SendStore.Ref? = nil,
+                             _ out: inout [MidcommsAction]) {
         guard let conn = transmit else { return }
         switch faults.decide(sequenced: sequenced) {
         case .write:
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
         case .drop:
             stats.faultDropped &+= 1
             out.append(.log(.info, "fault injection: dropped outgoing \(frame.kind) to node \(config.peerNodeID)"))
         case .duplicate:
             stats.faultDuplicated &+= 1
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
+            if let stored { storedWrites.append((out.count, stored)) }
             out.append(.write(frame, on: conn))
         }
     }
 
-    mutating func writeBare(_ packet: DLMPacket, _ out: inout [MidcommsAction]) {
-        let bytes = packet.encoded(allocator: allocator)
+    mutating func writeBare(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        var bytes = allocator.buffer(capacity: payload.encodedLength)
+        payload.encode(into: &bytes)
         stats.sent &+= 1
         if transmit == nil {
             pendingBare.append(bytes)
@@ -298,9 +327,37 @@ public struct MidcommsPeer: Sendable {
         writeFrame(OutboundFrame(kind: .ack(value), bytes: bytes), sequenced: false, &out)
     }
 
+    /// Wraps `payload` in DLM_OPTS with the next sequence number, keeps it until acknowledged,
+    /// writes it. Encodes the envelope and the message straight into the send store (the bytes
+    /// `DLMPacket.opts(DLMOpts(header:inner:)).encoded()` gives, without building those values).
+    mutating func sendSequenced(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        ackBeforeSequenced(&out)
+        let seq = seqSend
+        seqSend &+= 1
+        let innerLength = payload.encodedLength
+        let nodeID = config.localNodeID
+        let ref = store.append(reserving: DLMOpts.headerSize + innerLength) { bytes in
+            DLMOpts.writeEnvelope(seq: seq, nodeID: nodeID, innerLength: innerLength,
+                                  innerCommand: payload.header.command, into: &bytes)
+            payload.encode(into: &bytes)
+        }
+        queueSequenced(seq, ref, fin: nil, &out)
+    }
+
     /// Wraps `inner` in DLM_OPTS with the next sequence number, keeps it until acknowledged, writes it.
     mutating func sendSequenced(_ inner: DLMInner, fin: FinRole?, _ out: inout [MidcommsAction]) {
-        // Newer kernels: ACK what we owe before a sequenced message once more than 32 are pending.
+        ackBeforeSequenced(&out)
+        let seq = seqSend
+        seqSend &+= 1
+        let header = DLMHeader(version: .v3_2, word: seq, nodeID: config.localNodeID, length: 0, command: .opts)
+        let opts = DLMOpts(header: header, inner: inner)
+        let ref = store.append(reserving: opts.encodedLength) { opts.encode(into: &$0) }
+        queueSequenced(seq, ref, fin: fin, &out)
+    }
+
+    /// Newer kernels: ACK what we owe before a sequenced message once more than 32 are pending.
+    @inline(__always)
+    mutating func ackBeforeSequenced(_ out: inout [MidcommsAction]) {
         switch config.ackPolicy {
         case .threshold(let onSend, _):
             if deliveredSinceAck > onSend {
@@ -310,15 +367,17 @@ public struct MidcommsPeer: Sendable {
         case .perBatch:
             break
         }
-        let seq = seqSend
-        seqSend &+= 1
-        let header = DLMHeader(version: .v3_2, word: seq, nodeID: config.localNodeID, length: 0, command: .opts)
-        let bytes = DLMPacket.opts(DLMOpts(header: header, inner: inner)).encoded(allocator: allocator)
+    }
+
+    /// Keeps the encoded OPTS `seq` until acknowledged and writes it (or asks for a connection).
+    @inline(__always)
+    mutating func queueSequenced(_ seq: UInt32, _ ref: SendStore.Ref, fin: FinRole?, _ out: inout [MidcommsAction]) {
         let written = transmit != nil
-        unacked.append(Unacked(seq: seq, bytes: bytes, fin: fin, queuedAt: now, written: written))
+        unacked.append(Unacked(seq: seq, ref: ref, fin: fin, queuedAt: now, written: written))
         stats.sent &+= 1
         if written {
-            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: bytes), sequenced: true, &out)
+            writeFrame(OutboundFrame(kind: .sequenced(seq: seq, retransmission: false), bytes: ByteBuffer()), sequenced: true,
+                       stored: ref, &out)
         } else {
             requestConnect(&out)
         }
@@ -356,35 +415,11 @@ public struct MidcommsPeer: Sendable {
         }
     }
 
-    func stamped(_ payload: MidcommsPayload) -> MidcommsPayload {
-        switch payload {
-        case .message(var m):
-            m.header.version = config.ownVersion
-            m.header.nodeID = config.localNodeID
-            m.header.command = HeaderCommand.message.rawValue
-            return .message(m)
-        case .rcom(var r):
-            r.header.version = config.ownVersion
-            r.header.nodeID = config.localNodeID
-            r.header.command = HeaderCommand.rcom.rawValue
-            return .rcom(r)
-        }
-    }
-
     mutating func send(_ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
-        let p = stamped(payload)
-        let bare: DLMPacket
-        let inner: DLMInner
-        switch p {
-        case .message(let m):
-            bare = .message(m)
-            inner = .message(m)
-        case .rcom(let r):
-            bare = .rcom(r)
-            inner = .rcom(r)
-        }
+        var p = payload
+        p.stamp(version: config.ownVersion, nodeID: config.localNodeID)
         if config.emulate31 {
-            writeBare(bare, &out)
+            writeBare(p, &out)
             return
         }
         if stopTx {
@@ -395,18 +430,18 @@ public struct MidcommsPeer: Sendable {
         switch peerVersion {
         case nil:
             if stateless {
-                writeBare(bare, &out)
+                writeBare(p, &out)
             } else {
                 waitingForVersion.append(p)
                 out.append(.log(.debug, "node \(config.peerNodeID): version unknown, holding a stateful message (\(waitingForVersion.count) held)"))
             }
         case .v31:
-            writeBare(bare, &out)
+            writeBare(p, &out)
         case .v32:
             if stateless {
-                writeBare(bare, &out)
+                writeBare(p, &out)
             } else {
-                sendSequenced(inner, fin: nil, &out)
+                sendSequenced(p, &out)
             }
         }
     }
@@ -434,14 +469,23 @@ public struct MidcommsPeer: Sendable {
     }
 
     mutating func receiveFrame(_ bytes: ByteBuffer, _ out: inout [MidcommsAction]) {
-        // Fast path, as the kernel does it: an out-of-order OPTS from a known 3.2 peer is judged
-        // by its outer header alone (after the envelope length checks); the inner message is
-        // never decoded. This keeps the duplicate bursts after a reconnect cheap.
         if !config.emulate31, case .v32 = peerVersion, let header = try? DLMHeader.peek(bytes),
-           header.version == .v3_2, header.command == HeaderCommand.opts.rawValue,
-           header.seq != seqNext, Self.optsEnvelopeAcceptable(bytes) {
-            receiveSequenced(header.seq, nil, &out)
-            return
+           header.version == .v3_2, header.command == HeaderCommand.opts.rawValue {
+            if header.seq != seqNext {
+                // As the kernel does it: an out-of-order OPTS from a known 3.2 peer is judged by its
+                // outer header alone (after the envelope length checks); the inner message is never
+                // decoded. This keeps the duplicate bursts after a reconnect cheap.
+                if Self.optsEnvelopeAcceptable(bytes) {
+                    receiveSequenced(header.seq, nil, &out)
+                    return
+                }
+            } else if let m = Self.decodeSequencedMessage(bytes, header: header) {
+                // The stream's common case, a DLM_MSG in order: decoded without the DLMPacket,
+                // DLMOpts and DLMInner values around it (what the general path below would
+                // conclude for these bytes, see `decodeSequencedMessage`).
+                receiveInOrder(header.seq, .message(m), &out)
+                return
+            }
         }
         let packet: DLMPacket
         do {
@@ -574,6 +618,7 @@ public struct MidcommsPeer: Sendable {
         out.append(.versionDetected(v))
     }
 
+    @inline(__always)
     mutating func deliver(_ payload: MidcommsPayload, seq: UInt32?, _ out: inout [MidcommsAction]) {
         let sender = payload.header.nodeID
         guard sender == config.peerNodeID else {
@@ -587,36 +632,54 @@ public struct MidcommsPeer: Sendable {
     /// An OPTS from a 3.2 peer: deliver only the expected sequence number.
     mutating func receiveSequenced(_ seq: UInt32, _ inner: DLMInner?, _ out: inout [MidcommsAction]) {
         if seq == seqNext {
-            seqNext &+= 1
             switch inner {
             case .fin:
+                seqNext &+= 1
                 receiveFin(&out)
-                return
             case .message(let m):
-                if stopRx { out.append(.log(.warning, "node \(config.peerNodeID): message after its FIN, seq \(seq)")) }
-                deliver(.message(m), seq: seq, &out)
+                receiveInOrder(seq, .message(m), &out)
             case .rcom(let r):
-                if stopRx { out.append(.log(.warning, "node \(config.peerNodeID): rcom after its FIN, seq \(seq)")) }
-                deliver(.rcom(r), seq: seq, &out)
+                receiveInOrder(seq, .rcom(r), &out)
             case nil:
+                seqNext &+= 1
                 drop(.undecodableInner, "seq \(seq) consumed but its inner message does not decode", &out)
-            }
-            deliveredInBatch = true
-            deliveredSinceAck &+= 1
-            switch config.ackPolicy {
-            case .threshold(_, let onReceive):
-                if deliveredSinceAck > onReceive {
-                    deliveredSinceAck = 0
-                    sendAck(seqNext, &out)
-                }
-            case .perBatch:
-                break
+                countInOrder(&out)
             }
         } else if SeqMath.before(seq, seqNext) {
             drop(.duplicate, "ignore dlm msg because seq mismatch, seq: \(seq), expected: \(seqNext)", &out)
             sendAck(seqNext, &out)
         } else {
             drop(.futureSequence, "ignore dlm msg because seq mismatch, seq: \(seq), expected: \(seqNext)", &out)
+        }
+    }
+
+    /// The OPTS `seq` (== `seqNext`) carried `payload`: consume the number, deliver, count for ACKs.
+    @inline(__always)
+    mutating func receiveInOrder(_ seq: UInt32, _ payload: MidcommsPayload, _ out: inout [MidcommsAction]) {
+        seqNext &+= 1
+        if stopRx {
+            switch payload {
+            case .message: out.append(.log(.warning, "node \(config.peerNodeID): message after its FIN, seq \(seq)"))
+            case .rcom: out.append(.log(.warning, "node \(config.peerNodeID): rcom after its FIN, seq \(seq)"))
+            }
+        }
+        deliver(payload, seq: seq, &out)
+        countInOrder(&out)
+    }
+
+    /// A sequence number other than a FIN's was consumed: the ACK policies' bookkeeping.
+    @inline(__always)
+    mutating func countInOrder(_ out: inout [MidcommsAction]) {
+        deliveredInBatch = true
+        deliveredSinceAck &+= 1
+        switch config.ackPolicy {
+        case .threshold(_, let onReceive):
+            if deliveredSinceAck > onReceive {
+                deliveredSinceAck = 0
+                sendAck(seqNext, &out)
+            }
+        case .perBatch:
+            break
         }
     }
 
@@ -652,10 +715,13 @@ public struct MidcommsPeer: Sendable {
             return
         }
         var finAcked: FinRole?
+        var freed = false
         while let first = unacked.first, SeqMath.before(first.seq, value) {
             if let role = first.fin { finAcked = role }
             unacked.removeFirst()
+            freed = true
         }
+        if freed { store.release(keeping: unacked.first?.ref) }
         guard let role = finAcked else { return }
         switch role {
         case .active:
@@ -887,6 +953,9 @@ public struct MidcommsPeer: Sendable {
         deliveredInBatch = false
         ackOwed = false
         unacked.removeAll()
+        // Writes queued earlier in this `handle` take their bytes before the store is emptied.
+        if !storedWrites.isEmpty { fillStoredWrites(&out) }
+        store.release(keeping: nil)
         setState(.closed, &out)
         stats.resets &+= 1
         out.append(.sessionReset(reason))

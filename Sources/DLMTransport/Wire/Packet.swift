@@ -193,6 +193,24 @@ public struct DLMOpts: Hashable, Sendable {
         return DLMOpts(header: header, inner: inner, options: options, pad: pad, pad2: pad2)
     }
 
+    /// Appends the 24-byte envelope of a DLM_OPTS with sequence number `seq`, no options, and an
+    /// inner message of `innerLength` bytes with `h_cmd` `innerCommand` (which the caller appends
+    /// next): the bytes `DLMOpts(header:inner:).encode` writes before the inner message, for a
+    /// header of version 3.2, `h_nodeid` `nodeID` and `h_pad` 0.
+    @inlinable
+    public static func writeEnvelope(seq: UInt32, nodeID: UInt32, innerLength: Int, innerCommand: UInt8,
+                                     into buffer: inout ByteBuffer) {
+        let header = DLMHeader(version: .v3_2, word: seq, nodeID: nodeID, length: 0, command: .opts)
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: headerSize) { raw in
+            header.store(into: raw, length: headerSize + innerLength)
+            raw[16] = innerCommand
+            raw[17] = 0
+            raw.storeBytes(of: UInt16(0), toByteOffset: 18, as: UInt16.self)
+            raw.storeBytes(of: UInt32(0), toByteOffset: 20, as: UInt32.self)
+            return headerSize
+        }
+    }
+
     @inlinable
     func encode(into buffer: inout ByteBuffer) {
         let length = encodedLength

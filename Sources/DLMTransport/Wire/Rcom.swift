@@ -72,9 +72,11 @@ public enum RcomPayload: Hashable, Sendable {
     /// RCOM_LOOKUP_REPLY: no payload (`rc_result` holds the master nodeid).
     case lookupReply
     /// RCOM_LOCK: `struct rcom_lock` and the LVB, if the holder has one.
-    case lock(RcomLock, lvb: ByteBuffer)
-    /// RCOM_LOCK_REPLY: `struct rcom_lock` echoed back (kernels never add an LVB).
-    case lockReply(RcomLock, lvb: ByteBuffer)
+    /// Boxed (`indirect`): stored inline, these 100 bytes would make every `DLMRcom`, `DLMPacket`,
+    /// `Delivery` and `MidcommsAction` that big, and the per-message paths copy those values.
+    indirect case lock(RcomLock, lvb: ByteBuffer)
+    /// RCOM_LOCK_REPLY: `struct rcom_lock` echoed back (kernels never add an LVB). Boxed like `lock`.
+    indirect case lockReply(RcomLock, lvb: ByteBuffer)
     /// An `rc_type` this protocol does not define: the bytes as they came.
     case unknown(ByteBuffer)
 
