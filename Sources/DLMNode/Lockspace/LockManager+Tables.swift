@@ -193,11 +193,13 @@ struct LockTable: Sendable {
                 if slots[i] == nil { count += 1 }
                 slots[i] = newValue
             } else {
-                guard i < slots.count, slots[i] != nil else { return }
+                guard i < slots.count, let old = slots[i] else { return }
                 slots[i] = nil
                 count -= 1
-                detachedEntries[id] = nil
-                while let last = slots.last, last == nil { slots.removeLast() }
+                if old.isDetached || !detachedEntries.isEmpty { detachedEntries[id] = nil }
+                if i == slots.count - 1 {
+                    while let last = slots.last, last == nil { slots.removeLast() }
+                }
             }
         }
     }
