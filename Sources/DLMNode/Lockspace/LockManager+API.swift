@@ -274,7 +274,7 @@ extension LockManager {
         case .granted:
             queueCast(id, .granted, lock: outcome.lock)
         case .wouldBlock, .deadlock, .busy, .invalid, .notFound, .cancelled, .unlocked:
-            lkbs.setDetached(id, outcome.lock ?? lock)
+            // The lock is on no queue; freeLkb finds nothing to dequeue.
             queueCast(id, outcome.result, lock: outcome.lock, endOfLife: true)
             freeLkb(id)
         }
@@ -316,12 +316,14 @@ extension LockManager {
     mutating func sendLockMessage(
         _ type: MessageType, lock: LockEntry, rsb slot: RsbSlot, to node: UInt32, result: Int32 = 0
     ) {
-        guard let r = rsbs.rsb(at: slot) else {
+        guard rsbs.contains(slot) else {
             log("send \(type) for \(String(lock.id, radix: 16)): no rsb")
             return
         }
+        // Field reads, not a copy of the rsb (that would retain its queues).
         let message = LockMessages.lockMessage(
-            type, lock: lock, hash: r.hash, name: r.name, lvbLength: lvbLength, header: header(), result: result)
+            type, lock: lock, hash: rsbs[slot].hash, name: rsbs[slot].name, lvbLength: lvbLength, header: header(),
+            result: result)
         send(message, to: node)
     }
 }

@@ -106,8 +106,7 @@ extension LockManager {
         case .granted, .queued:
             break
         case .wouldBlock, .deadlock, .busy, .invalid, .notFound, .cancelled, .unlocked:
-            lkbs.setDetached(id, outcome.lock ?? lock)
-            freeLkb(id)
+            freeLkb(id)  // on no queue: nothing to dequeue
         }
         runEffects(outcome.effects, rsb: slot)
         tossIfUnused(slot)
@@ -155,8 +154,7 @@ extension LockManager {
             lkb.id, flags: LockFlags(rawValue: message.exflags), flagUpdate: .replace,
             statusFlags: LockStatusFlags(rawValue: message.sbflags), lvb: extra.isEmpty ? nil : extra)
         sendLockMessage(.unlockReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
-        lkbs.setDetached(lkb.id, outcome.lock ?? lock)
-        freeLkb(lkb.id)
+        freeLkb(lkb.id)  // unlocked: on no queue any more
         runEffects(outcome.effects, rsb: slot)
         tossIfUnused(slot)
     }
@@ -180,8 +178,7 @@ extension LockManager {
             statusFlags: LockStatusFlags(rawValue: message.sbflags))
         sendLockMessage(.cancelReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
         if let after = outcome.lock, after.status == nil {
-            lkbs.setDetached(lkb.id, after)
-            freeLkb(lkb.id)
+            freeLkb(lkb.id)  // removed from the wait queue
         }
         if outcome.result == .cancelled { runEffects(outcome.effects, rsb: slot) }
         tossIfUnused(slot)
@@ -274,21 +271,26 @@ extension LockManager {
 
     /// Owner-side flag intake (§4.0.7).
     mutating func intake(_ id: UInt32, _ message: DLMMessage) {
-        updateEntry(id) { e in
-            e.statusFlags = LockStatusFlags(rawValue: message.sbflags)
-            e.wireFlags = (e.wireFlags & ~LockBlockFlags.distributedMask) | (message.flags & LockBlockFlags.distributedMask)
-        }
+        updateEntry(id) { Self.intake(&$0, message) }
+    }
+
+    static func intake(_ e: inout LockEntry, _ message: DLMMessage) {
+        e.statusFlags = LockStatusFlags(rawValue: message.sbflags)
+        e.wireFlags = (e.wireFlags & ~LockBlockFlags.distributedMask) | (message.flags & LockBlockFlags.distributedMask)
     }
 
     /// `munge_altmode`: granted in the alternate mode.
     mutating func mungeAltMode(_ id: UInt32, _ message: DLMMessage) {
         guard message.sbflags & StatusBlockFlags.altMode != 0 else { return }
-        updateEntry(id) { e in
-            if e.flags.contains(.altPR) {
-                e.requestedMode = .pr
-            } else if e.flags.contains(.altCW) {
-                e.requestedMode = .cw
-            }
+        updateEntry(id) { Self.mungeAltMode(&$0, message) }
+    }
+
+    static func mungeAltMode(_ e: inout LockEntry, _ message: DLMMessage) {
+        guard message.sbflags & StatusBlockFlags.altMode != 0 else { return }
+        if e.flags.contains(.altPR) {
+            e.requestedMode = .pr
+        } else if e.flags.contains(.altCW) {
+            e.requestedMode = .cw
         }
     }
 
@@ -309,13 +311,15 @@ extension LockManager {
             freeLkb(id)
             confirmMaster(slot, result: result)
         case 0, WireErrno.einprogress:
-            intake(id, message)
-            updateEntry(id) { e in
-                e.remoteID = message.lkid
-                e.nodeID = Int32(bitPattern: sender)
+            // The request's entry is detached: change it once, then queue it.
+            guard var pc = lkbs.takeDetached(id) else {
+                log("request_reply \(String(id, radix: 16)): the lock has no entry")
+                return
             }
-            mungeAltMode(id, message)
-            guard var pc = lkbs.takeDetached(id) else { return }
+            Self.intake(&pc, message)
+            pc.remoteID = message.lkid
+            pc.nodeID = Int32(bitPattern: sender)
+            Self.mungeAltMode(&pc, message)
             pc.grantedMode = .iv
             rsbs[slot].resource.insert(pc, status: .waiting)
             if result == 0 {
@@ -431,7 +435,6 @@ extension LockManager {
             guard let (reverted, change) = rsbs[lkb.slot].resource.revertLock(id) else { return }
             switch change {
             case .removed:
-                lkbs.setDetached(id, reverted)
                 queueCast(id, .cancelled, lock: reverted, endOfLife: true)
                 freeLkb(id)
             case .backToGranted, .none:

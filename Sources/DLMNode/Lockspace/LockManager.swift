@@ -383,9 +383,9 @@ public struct LockManager: Sendable {
     /// Carry out the grant engine's effects: on a master copy GRANT/BAST messages, on a local lock
     /// callbacks.
     mutating func runEffects(_ effects: [LockEffect], rsb slot: RsbSlot) {
-        guard !effects.isEmpty, let r = rsbs.rsb(at: slot) else { return }
-        let hash = r.hash
-        let name = r.name
+        guard !effects.isEmpty, rsbs.contains(slot) else { return }
+        let hash = rsbs[slot].hash
+        let name = rsbs[slot].name
         for effect in effects {
             switch effect {
             case .grant(let lock):

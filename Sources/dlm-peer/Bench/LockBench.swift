@@ -17,6 +17,8 @@ import Glibc
 /// - many locks at once: N locks on distinct names held together, then all unlocked;
 ///   baseline: N dictionary inserts, then N removes;
 /// - memory per held lock: (RSS after − RSS before) / N with N NL locks held in one manager;
+/// - the lock managers' share of a remote pair: node 1 and node 2 as two `LockManager`s in this
+///   process, messages handed from one to the other as values (no encoding, no transport);
 /// - remote master: this process is node 1 (127.0.0.1), a child `dlm-peer bench locks --serve`
 ///   is node 2 (127.0.0.2) and masters the resource (it takes an NL lock on it first and keeps
 ///   it); node 1 does EX lock + unlock round trips (REQUEST/REQUEST_REPLY, UNLOCK/UNLOCK_REPLY);
@@ -96,6 +98,15 @@ struct LockBench: ParsableCommand {
                              "baseline": "Dictionary<[UInt8], UInt32> insert + removeValue of the same names, timed the same way"]
         text.append(String(format: "  aim ≥ 300000 pairs/s: %@ (lowest %.0f)", minLocal >= 300_000 ? "met" : "NOT met", minLocal))
 
+        // 1b. The lock-manager side of a remote pair, in memory.
+        let inMemory = LocalLockBench.inMemoryRemotePairs(seconds: seconds)
+        sections["remote_lock_managers_in_memory"] = [
+            "setup": "node 1 requests, node 2 masters (holds NL); two LockManagers in one process, each message handed to the other manager as a value: no encoding, no transport",
+            "pairs_per_sec": inMemory.pairsPerSecond, "p50_ns": inMemory.p50, "p99_ns": inMemory.p99, "pairs": inMemory.pairs,
+        ]
+        text.append(String(format: "remote pair, lock managers only (node 1 + node 2 in memory, no transport): %.0f pairs/s, p50 %.0f ns, p99 %.0f ns",
+                           inMemory.pairsPerSecond, inMemory.p50, inMemory.p99))
+
         // 2. Many locks at once.
         let held = (0..<max(1, inFlight)).map { LocalLockBench.name($0, prefix: "f") }
         let dictBatch = LocalLockBench.dictionaryBatch(names: held, seconds: seconds)
@@ -141,6 +152,10 @@ struct LockBench: ParsableCommand {
                                inFlight, r.lockBatch.best, r.lockBatch.average, r.lockBatch.rounds, inFlight, r.rawBatch.best, r.lockBatch.best / r.rawBatch.best))
             text.append(String(format: "  per round trip (pair p50 / 2) vs raw RTT p50: %.2fx (aim ≤ 1.5: %@); lock alone vs raw: %.2fx",
                                ratioRT, ratioRT <= 1.5 ? "met" : "NOT met", ratioLock))
+            if pairP50 > 0 {
+                text.append(String(format: "  lock-manager work in a pair (in-memory p50 above): %.1f%% of the pair's p50",
+                                   100 * inMemory.p50 / pairP50))
+            }
         }
 
         if options.json {
@@ -255,6 +270,53 @@ enum LocalLockBench {
             sink &+= d.removeValue(forKey: names[i % n]) ?? 1
         }
         if sink == 0xFFFF_FFFF { print("") }
+        return p
+    }
+
+    /// Node 1 (requester) and node 2 (master, holding NL on the name) as two `LockManager`s in this
+    /// process; every message goes to the other manager as a value. EX lock + unlock pairs from
+    /// node 1: REQUEST, REQUEST_REPLY, UNLOCK, UNLOCK_REPLY — the lock managers' share of a remote
+    /// pair, without codec and transport.
+    static func inMemoryRemotePairs(seconds: Double) -> Pairs {
+        let members = [LockManager.Member(nodeID: 1), LockManager.Member(nodeID: 2)]
+        var nodes = [
+            LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 1, lvbLength: 32), members: members),
+            LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 2, lvbLength: 32), members: members),
+        ]
+        let name = Array(LockBench.remoteName.utf8)
+        var pending: [(LockManager.Action, UInt32)] = []
+        var granted = 0
+        var released = 0
+        /// Hands the messages on until none is left; counts node 1's completions.
+        func run(_ first: [LockManager.Action], from node: UInt32) {
+            pending.removeAll(keepingCapacity: true)
+            for a in first { pending.append((a, node)) }
+            var i = 0
+            while i < pending.count {
+                let (action, sender) = pending[i]
+                i += 1
+                switch action {
+                case .send(let message, let to):
+                    guard to == 1 || to == 2 else { continue }
+                    for a in nodes[Int(to) - 1].receive(message, from: sender, now: .zero) { pending.append((a, to)) }
+                case .completion(let c):
+                    guard sender == 1 else { continue }
+                    if c.endOfLife { released += 1 } else if c.status == .granted { granted += 1 }
+                case .blocking, .log:
+                    break
+                }
+            }
+        }
+        run(nodes[1].lock(name: name, mode: .nl, now: .zero).actions, from: 2)
+        var failures = 0
+        let p = timedPairs(seconds: seconds) { _ in
+            let (g, r) = (granted, released)
+            let call = nodes[0].lock(name: name, mode: .ex, now: .zero)
+            run(call.actions, from: 1)
+            run(nodes[0].unlock(lkid: call.lkid, now: .zero).actions, from: 1)
+            if granted != g + 1 || released != r + 1 { failures += 1 }
+        }
+        precondition(failures == 0, "bench locks: \(failures) in-memory remote pairs did not complete")
         return p
     }
 
