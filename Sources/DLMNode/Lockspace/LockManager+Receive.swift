@@ -71,13 +71,14 @@ extension LockManager {
     /// REQUEST (and LOOKUP handled as a request, §3.7): a new master copy, `do_request`,
     /// REQUEST_REPLY, effects.
     mutating func receiveRequest(_ message: DLMMessage, from sender: UInt32, replyType: MessageType) {
-        let name = LockMessages.extraBytes(message)
         guard let mode = LockMode(rawValue: message.rqmode) else {
             stub(replyType, to: sender, message, WireErrno.einval)
             return
         }
         let slot: RsbSlot
-        switch findRsb(name, .received(from: sender)) {
+        // The name is hashed and compared in the message's buffer: an array only for a new rsb.
+        let found = message.extra.withUnsafeReadableBytes { name in findRsb(name, .received(from: sender)) }
+        switch found {
         case .found(let s): slot = s
         case .error(let error):
             stub(replyType, to: sender, message, error)

@@ -22,8 +22,9 @@ struct RsbTable: Sendable {
 
     // MARK: Look-up
 
-    /// The slot of the rsb named `name`, whose jhash is `hash`.
-    func slot(of name: [UInt8], hash: UInt32) -> RsbSlot? {
+    /// The slot of the rsb named `name`, whose jhash is `hash`. `name` may be any byte collection
+    /// (a received message's bytes: no array is made for a look-up).
+    func slot<Name: Collection>(of name: Name, hash: UInt32) -> RsbSlot? where Name.Element == UInt8 {
         guard !buckets.isEmpty else { return nil }
         let mask = buckets.count - 1
         var b = Int(hash) & mask
@@ -32,7 +33,9 @@ struct RsbTable: Sendable {
             if e == 0 { return nil }
             if UInt32(truncatingIfNeeded: e >> 32) == hash {
                 let s = Int(UInt32(truncatingIfNeeded: e)) - 1
-                if let r = slots[s], r.resource.name == name { return s }
+                if let r = slots[s], r.resource.name.count == name.count, r.resource.name.elementsEqual(name) {
+                    return s
+                }
             }
             b = (b + 1) & mask
         }

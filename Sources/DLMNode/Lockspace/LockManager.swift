@@ -422,8 +422,9 @@ public struct LockManager: Sendable {
         case error(Int32)
     }
 
-    /// `find_rsb`: the rsb for `name`, activated, or the error the kernel returns.
-    mutating func findRsb(_ name: [UInt8], _ reason: FindReason) -> FindResult {
+    /// `find_rsb`: the rsb for `name`, activated, or the error the kernel returns. `name`: any byte
+    /// collection (a received message's bytes); an array is made only for a new rsb.
+    mutating func findRsb<Name: Collection>(_ name: Name, _ reason: FindReason) -> FindResult where Name.Element == UInt8 {
         guard name.count <= WireLimits.maxResourceNameLength else { return .error(WireErrno.einval) }
         let hash = JHash.hash(name)
         if let slot = rsbs.slot(of: name, hash: hash) {
@@ -434,7 +435,7 @@ public struct LockManager: Sendable {
                 let fromDir = from == directoryNode(hash: r.hash)
                 if r.master != us && !fromDir { return .error(WireErrno.enotblk) }
                 if r.master != us && fromDir {
-                    log("find_rsb \(printable(name)): dir \(from) sent a request, taking mastery from \(r.master)")
+                    log("find_rsb \(printable(Array(name))): dir \(from) sent a request, taking mastery from \(r.master)")
                     rsbs[slot].master = us
                     rsbs[slot].masterUncertain = false
                 }
@@ -448,7 +449,7 @@ public struct LockManager: Sendable {
             return .found(slot)
         }
         let dir = directoryNode(hash: hash)
-        var r = Rsb(name: name, hash: hash, lvbLength: lvbLength)
+        var r = Rsb(name: Array(name), hash: hash, lvbLength: lvbLength)
         switch reason {
         case .local:
             r.master = dir == us ? us : 0
