@@ -59,6 +59,9 @@ struct LockBench: ParsableCommand {
             try LockBenchServer.run(port: port, inFlight: inFlight)
             return
         }
+        // Allocation counts need the malloc interposer (scripts/bench builds it beside the binary).
+        AllocationCounter.reexecWithInterposerIfAvailable()
+        let counter = AllocationCounter.loaded()
         let seconds = options.seconds
         var sections: [String: Any] = ["benchmark": "locks", "seconds_per_run": seconds]
         var text: [String] = ["locks bench: \(seconds) s per run, release build recommended"]
@@ -106,6 +109,16 @@ struct LockBench: ParsableCommand {
         ]
         text.append(String(format: "remote pair, lock managers only (node 1 + node 2 in memory, no transport): %.0f pairs/s, p50 %.0f ns, p99 %.0f ns",
                            inMemory.pairsPerSecond, inMemory.p50, inMemory.p99))
+
+        if let counter {
+            let allocations = LocalLockBench.allocationsPerPair(counter, names: many)
+            sections["allocations_per_pair"] = allocations
+            text.append("allocations per lock + unlock pair: " + allocations.keys.sorted().map {
+                String(format: "%@ %.2f", $0, allocations[$0] ?? 0)
+            }.joined(separator: ", "))
+        } else {
+            text.append("allocations per pair: unavailable (\(AllocationCounter.library) not beside the binary; scripts/bench builds it)")
+        }
 
         // 2. Many locks at once.
         let held = (0..<max(1, inFlight)).map { LocalLockBench.name($0, prefix: "f") }
@@ -277,18 +290,26 @@ enum LocalLockBench {
     /// process; every message goes to the other manager as a value. EX lock + unlock pairs from
     /// node 1: REQUEST, REQUEST_REPLY, UNLOCK, UNLOCK_REPLY — the lock managers' share of a remote
     /// pair, without codec and transport.
-    static func inMemoryRemotePairs(seconds: Double) -> Pairs {
-        let members = [LockManager.Member(nodeID: 1), LockManager.Member(nodeID: 2)]
-        var nodes = [
-            LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 1, lvbLength: 32), members: members),
-            LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 2, lvbLength: 32), members: members),
-        ]
+    struct InMemoryRemote {
+        var nodes: [LockManager]
         let name = Array(LockBench.remoteName.utf8)
         var pending: [(LockManager.Action, UInt32)] = []
         var granted = 0
         var released = 0
+        var failures = 0
+
+        init() {
+            let members = [LockManager.Member(nodeID: 1), LockManager.Member(nodeID: 2)]
+            nodes = [
+                LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 1, lvbLength: 32), members: members),
+                LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 2, lvbLength: 32), members: members),
+            ]
+            pending.reserveCapacity(16)
+            run(nodes[1].lock(name: name, mode: .nl, now: .zero).actions, from: 2)
+        }
+
         /// Hands the messages on until none is left; counts node 1's completions.
-        func run(_ first: [LockManager.Action], from node: UInt32) {
+        mutating func run(_ first: [LockManager.Action], from node: UInt32) {
             pending.removeAll(keepingCapacity: true)
             for a in first { pending.append((a, node)) }
             var i = 0
@@ -307,17 +328,45 @@ enum LocalLockBench {
                 }
             }
         }
-        run(nodes[1].lock(name: name, mode: .nl, now: .zero).actions, from: 2)
-        var failures = 0
-        let p = timedPairs(seconds: seconds) { _ in
+
+        mutating func pair() {
             let (g, r) = (granted, released)
             let call = nodes[0].lock(name: name, mode: .ex, now: .zero)
             run(call.actions, from: 1)
             run(nodes[0].unlock(lkid: call.lkid, now: .zero).actions, from: 1)
             if granted != g + 1 || released != r + 1 { failures += 1 }
         }
-        precondition(failures == 0, "bench locks: \(failures) in-memory remote pairs did not complete")
+    }
+
+    static func inMemoryRemotePairs(seconds: Double) -> Pairs {
+        var bench = InMemoryRemote()
+        let p = timedPairs(seconds: seconds) { _ in bench.pair() }
+        precondition(bench.failures == 0, "bench locks: \(bench.failures) in-memory remote pairs did not complete")
         return p
+    }
+
+    /// Heap allocations per lock + unlock pair (steady state): local master on one name, local
+    /// master cycling over `names`, and the in-memory remote pair (both managers and the harness's
+    /// message hand-over, which reuses its buffer).
+    static func allocationsPerPair(_ counter: AllocationCounter, names: [[UInt8]]) -> [String: Double] {
+        let n = 10_000
+        var out: [String: Double] = [:]
+        var lm = manager()
+        let one = Array("bench-one".utf8)
+        for _ in 0..<1000 { _ = lm.unlock(lkid: lm.lock(name: one, mode: .ex, now: .zero).lkid, now: .zero) }
+        out["local_1_name"] = Double(counter.count {
+            for _ in 0..<n { _ = lm.unlock(lkid: lm.lock(name: one, mode: .ex, now: .zero).lkid, now: .zero) }
+        }) / Double(n)
+        for name in names { _ = lm.unlock(lkid: lm.lock(name: name, mode: .ex, now: .zero).lkid, now: .zero) }
+        out["local_\(names.count)_names"] = Double(counter.count {
+            for i in 0..<n {
+                _ = lm.unlock(lkid: lm.lock(name: names[i % names.count], mode: .ex, now: .zero).lkid, now: .zero)
+            }
+        }) / Double(n)
+        var remote = InMemoryRemote()
+        for _ in 0..<1000 { remote.pair() }
+        out["remote_pair_in_memory"] = Double(counter.count { for _ in 0..<n { remote.pair() } }) / Double(n)
+        return out
     }
 
     struct Batch {
