@@ -43,6 +43,9 @@ struct LockBench: ParsableCommand {
     @Flag(help: "Skip the two-process remote-master run.")
     var noRemote = false
 
+    @Flag(help: "Only count heap allocations per lock + unlock pair (re-executes with the malloc interposer built beside the binary; kept apart because the interposer inflates the memory figure).")
+    var allocations = false
+
     @Option(help: "Base port (lowcomms on it, raw TCP on port+1); random 30000-40000 by default.")
     var port: Int?
 
@@ -59,8 +62,26 @@ struct LockBench: ParsableCommand {
             try LockBenchServer.run(port: port, inFlight: inFlight)
             return
         }
-        // Allocation counts need the malloc interposer (scripts/bench builds it beside the binary).
-        AllocationCounter.reexecWithInterposerIfAvailable()
+        if allocations {
+            // The malloc interposer (scripts/bench builds it beside the binary) counts allocations.
+            AllocationCounter.reexecWithInterposerIfAvailable()
+            guard let counter = AllocationCounter.loaded() else {
+                throw ValidationError("\(AllocationCounter.library) is not beside the binary (scripts/bench builds it)")
+            }
+            let many = (0..<max(1, names)).map { LocalLockBench.name($0, prefix: "m") }
+            let counts = LocalLockBench.allocationsPerPair(counter, names: many)
+            if options.json {
+                let data = try JSONSerialization.data(withJSONObject: ["benchmark": "locks", "allocations_per_pair": counts],
+                                                      options: [.sortedKeys, .prettyPrinted])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print("allocations per lock + unlock pair (steady state): " + counts.keys.sorted().map {
+                    String(format: "%@ %.2f", $0, counts[$0] ?? 0)
+                }.joined(separator: ", "))
+            }
+            return
+        }
+        // Preloaded by hand: the counts are shown, but the memory figure includes the interposer's cost.
         let counter = AllocationCounter.loaded()
         let seconds = options.seconds
         var sections: [String: Any] = ["benchmark": "locks", "seconds_per_run": seconds]
@@ -116,8 +137,9 @@ struct LockBench: ParsableCommand {
             text.append("allocations per lock + unlock pair: " + allocations.keys.sorted().map {
                 String(format: "%@ %.2f", $0, allocations[$0] ?? 0)
             }.joined(separator: ", "))
+            if memoryLocks > 0 { text.append("  (the malloc interposer is loaded: the memory figure above is inflated by it)") }
         } else {
-            text.append("allocations per pair: unavailable (\(AllocationCounter.library) not beside the binary; scripts/bench builds it)")
+            text.append("allocations per pair: see `dlm-peer bench locks --allocations`")
         }
 
         // 2. Many locks at once.
