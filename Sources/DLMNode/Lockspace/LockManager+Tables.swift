@@ -16,7 +16,7 @@ struct RsbTable: Sendable {
     /// Open addressing with linear probing: 0 = empty, else `hash << 32 | (slot + 1)`. At most half
     /// full; removal shifts entries back (no tombstones).
     private var buckets: [UInt64] = []
-    public private(set) var count = 0
+    private(set) var count = 0
 
     init() {}
 
@@ -49,7 +49,10 @@ struct RsbTable: Sendable {
     /// The rsb in `slot`, in place. Trap-free for valid slots only: callers hold slots they got from
     /// this table (a lock's `rsb`, a look-up) while the rsb exists.
     subscript(slot: RsbSlot) -> LockManager.Rsb {
-        get { slots[slot]! }
+        get {
+            guard let r = slots[slot] else { preconditionFailure("rsb slot \(slot) is free") }
+            return r
+        }
         _modify {
             // Yield the stored value itself (no copy: its queues stay uniquely referenced).
             guard slots[slot] != nil else { preconditionFailure("rsb slot \(slot) is free") }
