@@ -15,9 +15,39 @@ public struct CallbackQueue: Sendable, Equatable {
         case blocking(LockMode)
     }
 
+    /// The coalescing rules and the state they read, without the queue itself: a lock whose
+    /// callbacks are delivered as soon as they are queued (the lock manager's case) keeps only this.
+    public struct Coalescing: Sendable, Equatable {
+        /// `lkb_last_cast`'s mode: the granted mode carried by the last completion admitted.
+        public private(set) var lastCompletionMode: LockMode?
+        /// The mode of the last callback admitted when it was a blocking callback (nil after a
+        /// completion).
+        public private(set) var lastBlockingMode: LockMode?
+
+        public init() {}
+
+        /// Whether `callback` is queued (false: coalesced away); records it when it is.
+        public mutating func admit(_ callback: Callback) -> Bool {
+            switch callback {
+            case .blocking(let mode):
+                if let last = lastCompletionMode, mode.isCompatible(with: last) { return false }
+                if let previous = lastBlockingMode {
+                    if previous == mode { return false }
+                    if previous.rawValue > mode.rawValue && previous.rawValue > LockMode.pr.rawValue { return false }
+                }
+                lastBlockingMode = mode
+            case .completion(_, let mode, _):
+                lastCompletionMode = mode
+                lastBlockingMode = nil
+            }
+            return true
+        }
+    }
+
     public private(set) var pending: [Callback] = []
+    private var coalescing = Coalescing()
     /// `lkb_last_cast`'s mode: the granted mode carried by the last completion queued.
-    public private(set) var lastCompletionMode: LockMode?
+    public var lastCompletionMode: LockMode? { coalescing.lastCompletionMode }
     /// `lkb_last_cb`: the last callback queued.
     public private(set) var lastQueued: Callback?
 
@@ -26,16 +56,7 @@ public struct CallbackQueue: Sendable, Equatable {
     /// Queue a callback; returns false if it was coalesced away.
     @discardableResult
     public mutating func enqueue(_ callback: Callback) -> Bool {
-        switch callback {
-        case .blocking(let mode):
-            if let last = lastCompletionMode, mode.isCompatible(with: last) { return false }
-            if case .blocking(let previous)? = lastQueued {
-                if previous == mode { return false }
-                if previous.rawValue > mode.rawValue && previous.rawValue > LockMode.pr.rawValue { return false }
-            }
-        case .completion(_, let mode, _):
-            lastCompletionMode = mode
-        }
+        guard coalescing.admit(callback) else { return false }
         pending.append(callback)
         lastQueued = callback
         return true

@@ -102,8 +102,11 @@ public struct Resource: Sendable {
             if lock.flags.contains(.headQue) { convertQueue.insert(lock, at: 0) } else { convertQueue.append(lock) }
         case .granted:
             // lkb_add_ordered(grmode): before the first entry whose *rqmode* is below the new grmode.
-            let at = grantQueue.firstIndex(where: { $0.requestedMode.rawValue < lock.grantedMode.rawValue })
-            grantQueue.insert(lock, at: at ?? grantQueue.endIndex)
+            if let at = grantQueue.firstIndex(where: { $0.requestedMode.rawValue < lock.grantedMode.rawValue }) {
+                grantQueue.insert(lock, at: at)
+            } else {
+                grantQueue.append(lock)
+            }
         }
     }
 

@@ -22,16 +22,18 @@ extension LockManager {
         if let error = LockValidation.checkLockArguments(mode: mode, flags: flags, hasLVB: lvb != nil, nameLength: name.count) {
             return CallResult(error: error, lkid: 0, actions: drain())
         }
-        if let _ = findRsb(name, .local) {
-            return CallResult(error: .invalid, lkid: 0, actions: drain())
+        let slot: RsbSlot
+        switch findRsb(name, .local) {
+        case .found(let s): slot = s
+        case .error: return CallResult(error: .invalid, lkid: 0, actions: drain())
         }
         let id = allocateID()
         let entry = LockEntry(
             id: id, nodeID: 0, pid: pid, mode: mode, flags: flags, wireFlags: user ? LockBlockFlags.user : 0,
             lvb: normalisedLVB(lvb), wantsCompletion: true, wantsBlocking: blocking)
-        lkbs[id] = Lkb(id: id, name: name, isMasterCopy: false, tag: tag, detached: entry, deliverBlocking: blocking)
-        rsbs[name]!.refs += 1
-        requestLock(id)
+        lkbs[id] = Lkb(id: id, rsb: slot, isMasterCopy: false, tag: tag, deliverBlocking: blocking)
+        rsbs[slot].refs += 1
+        requestLock(id, fresh: entry)
         return CallResult(error: nil, lkid: id, actions: drain())
     }
 
@@ -63,9 +65,7 @@ extension LockManager {
         {
             return CallResult(error: .busy, lkid: lkid, actions: drain())
         }
-        var updated = lkb
-        updated.deliverBlocking = blocking
-        lkbs[lkid] = updated
+        lkbs.modify(lkid) { $0.deliverBlocking = blocking }
         let newLVB = normalisedLVB(lvb)
         updateEntry(lkid) { e in
             e.flags = flags
@@ -73,41 +73,42 @@ extension LockManager {
             if let newLVB { e.lvb = newLVB }
             e.wantsBlocking = blocking
         }
-        let rsb = rsbs[lkb.name]!
-        if rsb.master == us {
-            convertLocal(lkid, to: mode, flags: flags)
+        guard let master = rsbs.rsb(at: lkb.slot)?.master else {
+            log("convert \(String(lkid, radix: 16)): no rsb")
+            return CallResult(error: .notFound, lkid: lkid, actions: drain())
+        }
+        if master == us {
+            convertLocal(lkid, rsb: lkb.slot, to: mode, flags: flags)
         } else {
-            convertRemote(lkid, to: mode, master: rsb.master)
+            convertRemote(lkid, rsb: lkb.slot, to: mode, master: master)
         }
         return CallResult(error: nil, lkid: lkid, actions: drain())
     }
 
-    mutating func convertLocal(_ id: UInt32, to mode: LockMode, flags: LockFlags) {
-        let name = lkbs[id]!.name
-        let outcome = rsbs[name]!.resource.convert(id, to: mode, flags: flags, statusFlags: [])
-        runEffects(outcome.preReplyEffects, rsb: name)
+    mutating func convertLocal(_ id: UInt32, rsb slot: RsbSlot, to mode: LockMode, flags: LockFlags) {
+        let outcome = rsbs[slot].resource.convert(id, to: mode, flags: flags, statusFlags: [])
+        runEffects(outcome.preReplyEffects, rsb: slot)
         switch outcome.result {
         case .queued:
             break
         case .granted, .wouldBlock, .deadlock, .busy, .invalid, .notFound, .cancelled, .unlocked:
             queueCast(id, outcome.result, lock: outcome.lock ?? entry(id))
         }
-        runEffects(outcome.effects, rsb: name)
+        runEffects(outcome.effects, rsb: slot)
     }
 
-    mutating func convertRemote(_ id: UInt32, to mode: LockMode, master: UInt32) {
-        let name = lkbs[id]!.name
+    mutating func convertRemote(_ id: UInt32, rsb slot: RsbSlot, to mode: LockMode, master: UInt32) {
         updateEntry(id) { $0.requestedMode = mode }
         if let error = addToWaiters(id, .convert, node: master) {
             log("convert \(String(id, radix: 16)): add_to_waiters \(error)")
             return
         }
-        let pc = entry(id)!
-        sendLockMessage(.convert, lock: pc, rsb: name, to: master)
+        guard let pc = entry(id) else { return }
+        sendLockMessage(.convert, lock: pc, rsb: slot, to: master)
         if LockMode.isDownConversion(granted: pc.grantedMode, requested: pc.requestedMode) {
             // §4.2/§6.3: no reply will come; complete locally with a fabricated "granted".
             _ = removeFromWaiters(id, .convertReply, result: 0)
-            rsbs[name]!.resource.grantProcessCopy(id, extra: [], lvbSeq: pc.lvbSeq)
+            rsbs[slot].resource.grantProcessCopy(id, extra: [], lvbSeq: pc.lvbSeq)
             queueCast(id, .granted, lock: entry(id))
         }
     }
@@ -130,7 +131,7 @@ extension LockManager {
     /// `validate_unlock_args` + `_unlock_lock`/`_cancel_lock`. nil = accepted (or recorded).
     mutating func unlockLock(_ id: UInt32, flags: LockFlags, lvb: [UInt8]?) -> LockResult? {
         if let error = LockValidation.checkUnlockArguments(flags: flags) { return error }
-        guard var lkb = lkbs[id], let current = entry(id) else { return .notFound }
+        guard let lkb = lkbs[id], let current = entry(id) else { return .notFound }
         let cancel = flags.contains(.cancel)
         let force = flags.contains(.forceUnlock)
         // Rule 1: a normal unlock while anything is outstanding.
@@ -149,8 +150,7 @@ extension LockManager {
             if current.status == .granted && lkb.waitType == nil { return nil }  // nothing to cancel
             switch lkb.waitType {
             case .lookup?, .request?:
-                lkb.overlapCancel = true
-                lkbs[id] = lkb
+                lkbs.modify(id) { $0.overlapCancel = true }
                 return nil
             case .unlock?, .cancel?:
                 return .invalid
@@ -161,8 +161,7 @@ extension LockManager {
             if current.flags.contains(.forceUnlock) || lkb.overlapUnlock { return .invalid }
             switch lkb.waitType {
             case .lookup?, .request?:
-                lkb.overlapUnlock = true
-                lkbs[id] = lkb
+                lkbs.modify(id) { $0.overlapUnlock = true }
                 return nil
             case .unlock?:
                 return .invalid
@@ -177,119 +176,126 @@ extension LockManager {
             e.statusFlags = []
             if let newLVB { e.lvb = newLVB }
         }
-        let name = lkb.name
-        let rsb = rsbs[name]!
-        if rsb.master == us {
-            if cancel { cancelLocal(id, rsb: name) } else { unlockLocal(id, rsb: name) }
+        let slot = lkb.slot
+        guard let master = rsbs.rsb(at: slot)?.master else {
+            log("unlock \(String(id, radix: 16)): no rsb")
+            return .notFound
+        }
+        if master == us {
+            if cancel { cancelLocal(id, rsb: slot) } else { unlockLocal(id, rsb: slot) }
             return nil
         }
         let type: MessageType = cancel ? .cancel : .unlock
-        if let error = addToWaiters(id, type, node: rsb.master) { return error }
-        sendLockMessage(type, lock: entry(id)!, rsb: name, to: rsb.master)
+        if let error = addToWaiters(id, type, node: master) { return error }
+        if let pc = entry(id) { sendLockMessage(type, lock: pc, rsb: slot, to: master) }
         return nil
     }
 
-    mutating func unlockLocal(_ id: UInt32, rsb name: [UInt8]) {
-        let outcome = rsbs[name]!.resource.unlock(id, flags: [], flagUpdate: .accumulate, statusFlags: [])
+    mutating func unlockLocal(_ id: UInt32, rsb slot: RsbSlot) {
+        let outcome = rsbs[slot].resource.unlock(id, flags: [], flagUpdate: .accumulate, statusFlags: [])
         queueCast(id, .unlocked, lock: outcome.lock, endOfLife: true)
         freeLkb(id)
-        runEffects(outcome.effects, rsb: name)
-        tossIfUnused(name)
+        runEffects(outcome.effects, rsb: slot)
+        tossIfUnused(slot)
     }
 
-    mutating func cancelLocal(_ id: UInt32, rsb name: [UInt8]) {
-        let outcome = rsbs[name]!.resource.cancel(id, flags: [], flagUpdate: .accumulate, statusFlags: [])
+    mutating func cancelLocal(_ id: UInt32, rsb slot: RsbSlot) {
+        let outcome = rsbs[slot].resource.cancel(id, flags: [], flagUpdate: .accumulate, statusFlags: [])
         guard outcome.result == .cancelled, let lock = outcome.lock else { return }
         let removed = lock.status == nil
         queueCast(id, .cancelled, lock: lock, endOfLife: removed)
         if removed { freeLkb(id) }
-        runEffects(outcome.effects, rsb: name)
-        tossIfUnused(name)
+        runEffects(outcome.effects, rsb: slot)
+        tossIfUnused(slot)
     }
 
     // MARK: - set_master / _request_lock (§3.8)
 
     /// `_request_lock`: local `do_request`, REQUEST to the master, LOOKUP to the dir node, or park.
-    mutating func requestLock(_ id: UInt32) {
-        guard let lkb = lkbs[id], var r = rsbs[lkb.name] else { return }
-        let name = lkb.name
-        var target: UInt32
-        if r.masterUncertain {
-            r.masterUncertain = false
-            r.firstLkid = id
-            target = r.master
-        } else if r.firstLkid != 0 && r.firstLkid != id {
-            r.lookupList.append(id)
-            rsbs[name] = r
-            lkbs[id]!.parked = true
-            return
-        } else if r.master == us {
-            target = us
-        } else if r.master != 0 {
-            target = r.master
-        } else if directoryNode(hash: r.hash) == us {
-            r.master = us
-            target = us
-        } else {
-            r.firstLkid = id
-            rsbs[name] = r
-            let dir = directoryNode(hash: r.hash)
-            updateEntry(id) { $0.nodeID = -1 }
-            _ = addToWaiters(id, .lookup, node: dir)
-            sendLockMessage(.lookup, lock: entry(id)!, rsb: name, to: dir)
+    /// `fresh`: the entry of a new lock that is not stored yet (a `dlm_lock` call); otherwise the lock's
+    /// detached entry is used.
+    mutating func requestLock(_ id: UInt32, fresh: LockEntry? = nil) {
+        guard let lkb = lkbs[id], rsbs.contains(lkb.slot) else { return }
+        let slot = lkb.slot
+        guard var lock = fresh ?? lkbs.takeDetached(id) else {
+            log("request \(String(id, radix: 16)): the lock has no entry")
             return
         }
-        rsbs[name] = r
-        if target == us {
-            requestLocal(id)
+        // Scalars only: a copy of the rsb kept alive here would make the queue changes below copy.
+        let (masterUncertain, firstLkid, master, hash) = (
+            rsbs[slot].masterUncertain, rsbs[slot].firstLkid, rsbs[slot].master, rsbs[slot].hash
+        )
+        var target: UInt32
+        if masterUncertain {
+            rsbs[slot].masterUncertain = false
+            rsbs[slot].firstLkid = id
+            target = master
+        } else if firstLkid != 0 && firstLkid != id {
+            rsbs[slot].lookupList.append(id)
+            lkbs.modify(id) { $0.parked = true }
+            lkbs.setDetached(id, lock)
+            return
+        } else if master == us {
+            target = us
+        } else if master != 0 {
+            target = master
+        } else if directoryNode(hash: hash) == us {
+            rsbs[slot].master = us
+            target = us
         } else {
-            updateEntry(id) { $0.nodeID = Int32(bitPattern: target) }
+            rsbs[slot].firstLkid = id
+            let dir = directoryNode(hash: hash)
+            lock.nodeID = -1
+            lkbs.setDetached(id, lock)
+            _ = addToWaiters(id, .lookup, node: dir)
+            sendLockMessage(.lookup, lock: lock, rsb: slot, to: dir)
+            return
+        }
+        if target == us {
+            requestLocal(id, lock, rsb: slot)
+        } else {
+            lock.nodeID = Int32(bitPattern: target)
+            lkbs.setDetached(id, lock)
             _ = addToWaiters(id, .request, node: target)
-            sendLockMessage(.request, lock: entry(id)!, rsb: name, to: target)
+            sendLockMessage(.request, lock: lock, rsb: slot, to: target)
         }
     }
 
-    /// `do_request` on a local master for a local lock.
-    mutating func requestLocal(_ id: UInt32) {
-        guard var lkb = lkbs[id], var lock = lkb.detached else { return }
-        let name = lkb.name
+    /// `do_request` on a local master for a local lock (`lock`: its entry, on no queue and not
+    /// stored as detached).
+    mutating func requestLocal(_ id: UInt32, _ lock: LockEntry, rsb slot: RsbSlot) {
+        var lock = lock
         lock.nodeID = 0
         lock.remoteID = 0
-        lkb.detached = nil
-        lkbs[id] = lkb
-        let outcome = rsbs[name]!.resource.request(lock)
+        let outcome = rsbs[slot].resource.request(lock)
         switch outcome.result {
         case .queued:
             break
         case .granted:
             queueCast(id, .granted, lock: outcome.lock)
         case .wouldBlock, .deadlock, .busy, .invalid, .notFound, .cancelled, .unlocked:
-            lkbs[id]!.detached = outcome.lock ?? lock
+            // The lock is on no queue; freeLkb finds nothing to dequeue.
             queueCast(id, outcome.result, lock: outcome.lock, endOfLife: true)
             freeLkb(id)
         }
-        runEffects(outcome.effects, rsb: name)
-        tossIfUnused(name)
+        runEffects(outcome.effects, rsb: slot)
+        tossIfUnused(slot)
     }
 
     /// `confirm_master` (§3.8).
-    mutating func confirmMaster(_ name: [UInt8], result: Int32) {
-        guard var r = rsbs[name], r.firstLkid != 0 else { return }
+    mutating func confirmMaster(_ slot: RsbSlot, result: Int32) {
+        guard let firstLkid = rsbs.rsb(at: slot)?.firstLkid, firstLkid != 0 else { return }
         switch result {
         case 0, WireErrno.einprogress:
-            r.firstLkid = 0
-            rsbs[name] = r
-            processLookupList(name)
+            rsbs[slot].firstLkid = 0
+            processLookupList(slot)
         case WireErrno.eagain, WireErrno.ebadr, WireErrno.enotblk:
-            r.firstLkid = 0
-            if !r.lookupList.isEmpty {
-                let next = r.lookupList.removeFirst()
-                r.firstLkid = next
-                rsbs[name] = r
-                lkbs[next]?.parked = false
+            rsbs[slot].firstLkid = 0
+            if !rsbs[slot].lookupList.isEmpty {
+                let next = rsbs[slot].lookupList.removeFirst()
+                rsbs[slot].firstLkid = next
+                lkbs.modify(next) { $0.parked = false }
                 requestLock(next)
-            } else {
-                rsbs[name] = r
             }
         default:
             break
@@ -297,24 +303,27 @@ extension LockManager {
     }
 
     /// `process_lookup_list`: resubmit every parked request.
-    mutating func processLookupList(_ name: [UInt8]) {
-        guard var r = rsbs[name] else { return }
-        let parked = r.lookupList
-        r.lookupList = []
-        rsbs[name] = r
+    mutating func processLookupList(_ slot: RsbSlot) {
+        guard let parked = rsbs.rsb(at: slot)?.lookupList else { return }
+        rsbs[slot].lookupList = []
         for id in parked {
-            lkbs[id]?.parked = false
+            lkbs.modify(id) { $0.parked = false }
             requestLock(id)
         }
     }
 
-    /// Send a message about one of our locks (or a master copy) on rsb `name`.
+    /// Send a message about one of our locks (or a master copy) on the rsb in `slot`.
     mutating func sendLockMessage(
-        _ type: MessageType, lock: LockEntry, rsb name: [UInt8], to node: UInt32, result: Int32 = 0
+        _ type: MessageType, lock: LockEntry, rsb slot: RsbSlot, to node: UInt32, result: Int32 = 0
     ) {
-        let hash = rsbs[name]?.hash ?? JHash.hash(name)
+        guard rsbs.contains(slot) else {
+            log("send \(type) for \(String(lock.id, radix: 16)): no rsb")
+            return
+        }
+        // Field reads, not a copy of the rsb (that would retain its queues).
         let message = LockMessages.lockMessage(
-            type, lock: lock, hash: hash, name: name, lvbLength: lvbLength, header: header(), result: result)
+            type, lock: lock, hash: rsbs[slot].hash, name: rsbs[slot].name, lvbLength: lvbLength, header: header(),
+            result: result)
         send(message, to: node)
     }
 }

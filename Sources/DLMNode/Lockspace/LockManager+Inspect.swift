@@ -36,36 +36,40 @@ extension LockManager {
     }
 
     public func resourceView(_ name: [UInt8]) -> ResourceView? {
-        guard let r = rsbs[name] else { return nil }
+        rsbs.slot(of: name).flatMap { resourceView(slot: $0) }
+    }
+
+    func resourceView(slot: RsbSlot) -> ResourceView? {
+        guard let r = rsbs.rsb(at: slot) else { return nil }
         return ResourceView(
-            name: name, hash: r.hash, master: r.master, active: r.tossedAt == nil,
+            name: r.name, hash: r.hash, master: r.master, active: r.tossedAt == nil,
             isDirectoryNode: directoryNode(hash: r.hash) == us, resource: r.resource, firstLkid: r.firstLkid,
             lookupList: r.lookupList)
     }
 
     /// All resources (active, inactive and directory records), sorted by name.
     public var resourceViews: [ResourceView] {
-        rsbs.sortedNames.compactMap { resourceView($0) }
+        rsbs.slotsSortedByName.compactMap { resourceView(slot: $0) }
     }
 
     public func lockView(_ id: UInt32) -> LockView? {
         guard let lkb = lkbs[id], let lock = entry(id) else { return nil }
         return LockView(
-            lock: lock, name: lkb.name, isMasterCopy: lkb.isMasterCopy, detached: lkb.detached != nil,
-            waitType: lkb.waitType, waitCount: lkb.waitCount, overlapUnlock: lkb.overlapUnlock,
+            lock: lock, name: rsbName(of: id), isMasterCopy: lkb.isMasterCopy, detached: lkb.isDetached,
+            waitType: lkb.waitType, waitCount: Int(lkb.waitCount), overlapUnlock: lkb.overlapUnlock,
             overlapCancel: lkb.overlapCancel, parked: lkb.parked, tag: lkb.tag)
     }
 
     /// All locks, sorted by id.
     public var lockViews: [LockView] {
-        lkbs.keys.sorted().compactMap { lockView($0) }
+        lkbs.ids.compactMap { lockView($0) }
     }
 
     /// The directory: names whose dir node we are → the master we record.
     public var directory: [[UInt8]: UInt32] {
         var records: [[UInt8]: UInt32] = [:]
-        for (key, r) in rsbs where directoryNode(hash: r.hash) == us && r.master != 0 {
-            records[key.bytes] = r.master
+        for r in rsbs.values where directoryNode(hash: r.hash) == us && r.master != 0 {
+            records[r.name] = r.master
         }
         return records
     }
@@ -78,25 +82,28 @@ extension LockManager {
     /// The single-node invariants (§9.1, 9.2, 9.5, 9.10, 9.15, 9.16, 9.17); empty when all hold.
     public func invariantViolations() -> [String] {
         var problems: [String] = []
-        var refs: [[UInt8]: Int] = [:]
-        for (id, lkb) in lkbs {
-            refs[lkb.name, default: 0] += 1
+        var refs: [RsbSlot: Int32] = [:]
+        for lkb in lkbs.values {
+            let id = lkb.id
+            refs[lkb.slot, default: 0] += 1
             if id == 0 { problems.append("lock id 0") }
-            guard let r = rsbs[lkb.name] else {
+            guard let r = rsbs.rsb(at: lkb.slot) else {
                 problems.append("lock \(id) on missing rsb")
                 continue
             }
-            if r.tossedAt != nil { problems.append("lock \(id) on inactive rsb \(printable(lkb.name))") }
+            if r.tossedAt != nil { problems.append("lock \(id) on inactive rsb \(printable(r.name))") }
             if lkb.waitCount < 0 || lkb.waitCount > 2 { problems.append("lock \(id) wait_count \(lkb.waitCount)") }
             if lkb.waitType != nil && lkb.waitCount < 1 { problems.append("lock \(id) wait_type without count") }
-            if lkb.detached == nil && r.resource.lock(id) == nil { problems.append("lock \(id) neither queued nor detached") }
-            if lkb.detached != nil && r.resource.lock(id) != nil { problems.append("lock \(id) both queued and detached") }
+            if !lkb.isDetached && r.resource.lock(id) == nil { problems.append("lock \(id) neither queued nor detached") }
+            if lkb.isDetached && r.resource.lock(id) != nil { problems.append("lock \(id) both queued and detached") }
+            if lkb.isDetached && lkbs.detachedEntry(id) == nil { problems.append("lock \(id) detached without an entry") }
             if lkb.isMasterCopy && r.master != us { problems.append("master copy \(id) on rsb mastered by \(r.master)") }
             if lkb.parked != r.lookupList.contains(id) { problems.append("lock \(id) parked mismatch") }
         }
-        for (key, r) in rsbs {
-            let name = key.bytes
-            if (refs[name] ?? 0) != r.refs { problems.append("rsb \(printable(name)) refs \(r.refs) vs \(refs[name] ?? 0)") }
+        for slot in rsbs.allSlots {
+            guard let r = rsbs.rsb(at: slot) else { continue }
+            let name = r.name
+            if (refs[slot] ?? 0) != r.refs { problems.append("rsb \(printable(name)) refs \(r.refs) vs \(refs[slot] ?? 0)") }
             if r.master == us {
                 for p in r.resource.invariantViolations() { problems.append("\(printable(name)): \(p)") }
             }

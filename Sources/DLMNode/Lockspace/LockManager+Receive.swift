@@ -71,23 +71,25 @@ extension LockManager {
     /// REQUEST (and LOOKUP handled as a request, §3.7): a new master copy, `do_request`,
     /// REQUEST_REPLY, effects.
     mutating func receiveRequest(_ message: DLMMessage, from sender: UInt32, replyType: MessageType) {
-        let name = LockMessages.extraBytes(message)
         guard let mode = LockMode(rawValue: message.rqmode) else {
             stub(replyType, to: sender, message, WireErrno.einval)
             return
         }
-        if let error = findRsb(name, .received(from: sender)) {
+        let slot: RsbSlot
+        // The name is hashed and compared in the message's buffer: an array only for a new rsb.
+        let found = message.extra.withUnsafeReadableBytes { name in findRsb(name, .received(from: sender)) }
+        switch found {
+        case .found(let s): slot = s
+        case .error(let error):
             stub(replyType, to: sender, message, error)
             return
         }
-        var r = rsbs[name]!
-        if r.master != us {
-            if sender == directoryNode(hash: r.hash) {
-                r.master = us
-                rsbs[name] = r
+        if rsbs[slot].master != us {
+            if sender == directoryNode(hash: rsbs[slot].hash) {
+                rsbs[slot].master = us
             } else {
                 stub(replyType, to: sender, message, WireErrno.enotblk)
-                tossIfUnused(name)
+                tossIfUnused(slot)
                 return
             }
         }
@@ -97,19 +99,18 @@ extension LockManager {
             flags: LockFlags(rawValue: message.exflags), statusFlags: LockStatusFlags(rawValue: message.sbflags),
             wireFlags: message.flags & LockBlockFlags.distributedMask,
             wantsCompletion: message.asts & CallbackFlags.cast != 0, wantsBlocking: message.asts & CallbackFlags.bast != 0)
-        lkbs[id] = Lkb(id: id, name: name, isMasterCopy: true, tag: 0, detached: nil)
-        rsbs[name]!.refs += 1
-        let outcome = rsbs[name]!.resource.request(lock)
-        sendLockMessage(.requestReply, lock: outcome.lock ?? lock, rsb: name, to: sender, result: outcome.result.wireValue)
+        lkbs[id] = Lkb(id: id, rsb: slot, isMasterCopy: true, tag: 0)
+        rsbs[slot].refs += 1
+        let outcome = rsbs[slot].resource.request(lock)
+        sendLockMessage(.requestReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
         switch outcome.result {
         case .granted, .queued:
             break
         case .wouldBlock, .deadlock, .busy, .invalid, .notFound, .cancelled, .unlocked:
-            lkbs[id]!.detached = outcome.lock ?? lock
-            freeLkb(id)
+            freeLkb(id)  // on no queue: nothing to dequeue
         }
-        runEffects(outcome.effects, rsb: name)
-        tossIfUnused(name)
+        runEffects(outcome.effects, rsb: slot)
+        tossIfUnused(slot)
     }
 
     /// The master copy named by `m_remid` (CONVERT, UNLOCK, CANCEL).
@@ -125,20 +126,20 @@ extension LockManager {
             return
         }
         guard validate(message, .convert, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
-        let name = lkb.name
+        let slot = lkb.slot
         let mode = LockMode(rawValue: message.rqmode) ?? .iv
-        rsbs[name]!.resource.update(lkb.id) { $0.wireFlags = message.flags & LockBlockFlags.distributedMask }
+        rsbs[slot].resource.update(lkb.id) { $0.wireFlags = message.flags & LockBlockFlags.distributedMask }
         let extra = LockMessages.extraBytes(message)
-        let outcome = rsbs[name]!.resource.convert(
+        let outcome = rsbs[slot].resource.convert(
             lkb.id, to: mode, flags: LockFlags(rawValue: message.exflags),
             statusFlags: LockStatusFlags(rawValue: message.sbflags), lvb: extra.isEmpty ? nil : extra,
             lvbSeq: message.lvbseq)
-        runEffects(outcome.preReplyEffects, rsb: name)
+        runEffects(outcome.preReplyEffects, rsb: slot)
         if !outcome.suppressReply {
             sendLockMessage(
-                .convertReply, lock: outcome.lock ?? lock, rsb: name, to: sender, result: outcome.result.wireValue)
+                .convertReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
         }
-        runEffects(outcome.effects, rsb: name)
+        runEffects(outcome.effects, rsb: slot)
     }
 
     mutating func receiveUnlock(_ message: DLMMessage, from sender: UInt32) {
@@ -147,17 +148,16 @@ extension LockManager {
             return
         }
         guard validate(message, .unlock, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
-        let name = lkb.name
-        rsbs[name]!.resource.update(lkb.id) { $0.wireFlags = message.flags & LockBlockFlags.distributedMask }
+        let slot = lkb.slot
+        rsbs[slot].resource.update(lkb.id) { $0.wireFlags = message.flags & LockBlockFlags.distributedMask }
         let extra = LockMessages.extraBytes(message)
-        let outcome = rsbs[name]!.resource.unlock(
+        let outcome = rsbs[slot].resource.unlock(
             lkb.id, flags: LockFlags(rawValue: message.exflags), flagUpdate: .replace,
             statusFlags: LockStatusFlags(rawValue: message.sbflags), lvb: extra.isEmpty ? nil : extra)
-        sendLockMessage(.unlockReply, lock: outcome.lock ?? lock, rsb: name, to: sender, result: outcome.result.wireValue)
-        lkbs[lkb.id]!.detached = outcome.lock ?? lock
-        freeLkb(lkb.id)
-        runEffects(outcome.effects, rsb: name)
-        tossIfUnused(name)
+        sendLockMessage(.unlockReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
+        freeLkb(lkb.id)  // unlocked: on no queue any more
+        runEffects(outcome.effects, rsb: slot)
+        tossIfUnused(slot)
     }
 
     mutating func receiveCancel(_ message: DLMMessage, from sender: UInt32) {
@@ -166,24 +166,23 @@ extension LockManager {
             stub(.cancelReply, to: sender, message, WireErrno.enoent)
             return
         }
-        let name = lkb.name
+        let slot = lkb.slot
         // KQ: the flags are taken before the message is validated.
-        rsbs[name]!.resource.update(lkb.id) { e in
+        rsbs[slot].resource.update(lkb.id) { e in
             e.flags = LockFlags(rawValue: message.exflags)
             e.statusFlags = LockStatusFlags(rawValue: message.sbflags)
             e.wireFlags = message.flags & LockBlockFlags.distributedMask
         }
         guard validate(message, .cancel, lkb: lkb, lock: lock, sender: sender) else { return invalid(message, from: sender) }
-        let outcome = rsbs[name]!.resource.cancel(
+        let outcome = rsbs[slot].resource.cancel(
             lkb.id, flags: LockFlags(rawValue: message.exflags), flagUpdate: .replace,
             statusFlags: LockStatusFlags(rawValue: message.sbflags))
-        sendLockMessage(.cancelReply, lock: outcome.lock ?? lock, rsb: name, to: sender, result: outcome.result.wireValue)
+        sendLockMessage(.cancelReply, lock: outcome.lock ?? lock, rsb: slot, to: sender, result: outcome.result.wireValue)
         if let after = outcome.lock, after.status == nil {
-            lkbs[lkb.id]!.detached = after
-            freeLkb(lkb.id)
+            freeLkb(lkb.id)  // removed from the wait queue
         }
-        if outcome.result == .cancelled { runEffects(outcome.effects, rsb: name) }
-        tossIfUnused(name)
+        if outcome.result == .cancelled { runEffects(outcome.effects, rsb: slot) }
+        tossIfUnused(slot)
     }
 
     // MARK: - Directory
@@ -202,16 +201,15 @@ extension LockManager {
             return reply(-1, WireErrno.einval)
         }
         let answer: UInt32
-        if var r = rsbs[name] {
-            if r.master == 0 { r.master = sender }
-            if r.tossedAt != nil { r.tossedAt = now }
-            answer = r.master
-            rsbs[name] = r
+        if let slot = rsbs.slot(of: name, hash: hash) {
+            if rsbs[slot].master == 0 { rsbs[slot].master = sender }
+            if rsbs[slot].tossedAt != nil { rsbs[slot].tossedAt = now }
+            answer = rsbs[slot].master
         } else {
-            var record = Rsb(name: name, hash: hash, resource: Resource(name: name, lvbLength: lvbLength))
+            var record = Rsb(name: name, hash: hash, lvbLength: lvbLength)
             record.master = sender
             record.tossedAt = now
-            rsbs[name] = record
+            rsbs.insert(record)
             answer = sender
         }
         if answer == us {
@@ -229,16 +227,17 @@ extension LockManager {
             log("remove \(printable(name)) from \(sender): bad nodeid (not dir)")
             return
         }
-        guard let r = rsbs[name] else {
+        guard let slot = rsbs.slot(of: name) else {
             log("remove \(printable(name)) from \(sender): no record")
             return
         }
+        let r = rsbs[slot]
         if r.tossedAt == nil {
             log("remove \(printable(name)) from \(sender): rsb active, ignored")
         } else if r.master != sender {
             log("remove \(printable(name)) from \(sender): record names \(r.master), ignored")
         } else {
-            rsbs[name] = nil
+            rsbs.remove(slot)
         }
     }
 
@@ -255,7 +254,7 @@ extension LockManager {
     /// REQUEST_REPLY may be for a lock still on no queue (a request in flight).
     mutating func replyTarget(_ message: DLMMessage, _ type: MessageType, from sender: UInt32,
                               awaitingRequestReply: Bool = false) -> Lkb? {
-        guard let (lkb, lock) = processCopy(message.remid), (lkb.detached != nil) == awaitingRequestReply else {
+        guard let (lkb, lock) = processCopy(message.remid), lkb.isDetached == awaitingRequestReply else {
             log("\(type.description.lowercased()) from \(sender): no lock \(String(message.remid, radix: 16))")
             return nil
         }
@@ -273,97 +272,104 @@ extension LockManager {
 
     /// Owner-side flag intake (§4.0.7).
     mutating func intake(_ id: UInt32, _ message: DLMMessage) {
-        updateEntry(id) { e in
-            e.statusFlags = LockStatusFlags(rawValue: message.sbflags)
-            e.wireFlags = (e.wireFlags & ~LockBlockFlags.distributedMask) | (message.flags & LockBlockFlags.distributedMask)
-        }
+        updateEntry(id) { Self.intake(&$0, message) }
+    }
+
+    static func intake(_ e: inout LockEntry, _ message: DLMMessage) {
+        e.statusFlags = LockStatusFlags(rawValue: message.sbflags)
+        e.wireFlags = (e.wireFlags & ~LockBlockFlags.distributedMask) | (message.flags & LockBlockFlags.distributedMask)
     }
 
     /// `munge_altmode`: granted in the alternate mode.
     mutating func mungeAltMode(_ id: UInt32, _ message: DLMMessage) {
         guard message.sbflags & StatusBlockFlags.altMode != 0 else { return }
-        updateEntry(id) { e in
-            if e.flags.contains(.altPR) {
-                e.requestedMode = .pr
-            } else if e.flags.contains(.altCW) {
-                e.requestedMode = .cw
-            }
+        updateEntry(id) { Self.mungeAltMode(&$0, message) }
+    }
+
+    static func mungeAltMode(_ e: inout LockEntry, _ message: DLMMessage) {
+        guard message.sbflags & StatusBlockFlags.altMode != 0 else { return }
+        if e.flags.contains(.altPR) {
+            e.requestedMode = .pr
+        } else if e.flags.contains(.altCW) {
+            e.requestedMode = .cw
         }
     }
 
     mutating func receiveRequestReply(_ message: DLMMessage, from sender: UInt32) {
         guard let lkb = replyTarget(message, .requestReply, from: sender, awaitingRequestReply: true) else { return }
         let id = lkb.id
-        let name = lkb.name
+        let slot = lkb.slot
         let waited = lkb.waitType
         let result = message.result
         guard removeFromWaiters(id, .requestReply, result: result) else { return }
         if waited == .lookup {
-            rsbs[name]!.master = sender
+            rsbs[slot].master = sender
             updateEntry(id) { $0.nodeID = Int32(bitPattern: sender) }
         }
         switch result {
         case WireErrno.eagain:
             queueCast(id, .wouldBlock, lock: entry(id), endOfLife: true)
             freeLkb(id)
-            confirmMaster(name, result: result)
+            confirmMaster(slot, result: result)
         case 0, WireErrno.einprogress:
-            intake(id, message)
-            updateEntry(id) { e in
-                e.remoteID = message.lkid
-                e.nodeID = Int32(bitPattern: sender)
+            // The request's entry is detached: change it once, then queue it.
+            guard var pc = lkbs.takeDetached(id) else {
+                log("request_reply \(String(id, radix: 16)): the lock has no entry")
+                return
             }
-            mungeAltMode(id, message)
-            var pc = lkbs[id]!.detached!
-            lkbs[id]!.detached = nil
+            Self.intake(&pc, message)
+            pc.remoteID = message.lkid
+            pc.nodeID = Int32(bitPattern: sender)
+            Self.mungeAltMode(&pc, message)
             pc.grantedMode = .iv
-            rsbs[name]!.resource.insert(pc, status: .waiting)
+            rsbs[slot].resource.insert(pc, status: .waiting)
             if result == 0 {
-                let granted = rsbs[name]!.resource.grantProcessCopy(
+                let granted = rsbs[slot].resource.grantProcessCopy(
                     id, extra: LockMessages.extraBytes(message), lvbSeq: message.lvbseq)
                 queueCast(id, .granted, lock: granted)
             }
-            confirmMaster(name, result: result)
+            confirmMaster(slot, result: result)
         case WireErrno.ebadr, WireErrno.enotblk:
             log("request_reply \(String(id, radix: 16)) \(WireErrno.names[result] ?? "\(result)") from \(sender): redo lookup")
-            if rsbs[name]!.master != us { rsbs[name]!.master = 0 }
+            if rsbs[slot].master != us { rsbs[slot].master = 0 }
             updateEntry(id) { $0.nodeID = -1 }
-            let current = lkbs[id]!
+            guard let current = lkbs[id] else { return }
             if current.overlapUnlock || current.overlapCancel {
                 queueCast(id, current.overlapUnlock ? .unlocked : .cancelled, lock: entry(id), endOfLife: true)
                 freeLkb(id)
-                confirmMaster(name, result: result)
+                confirmMaster(slot, result: result)
             } else {
                 requestLock(id)
-                if rsbs[name]?.master == us { confirmMaster(name, result: 0) }
+                if rsbs.rsb(at: slot)?.master == us { confirmMaster(slot, result: 0) }
             }
         default:
             // KQ: the kernel only logs and leaves the lock stuck; we complete it with the error.
             log("request_reply \(String(id, radix: 16)) unexpected result \(result) from \(sender)")
             queueCast(id, LockResult(rawValue: result) ?? .invalid, lock: entry(id), endOfLife: true)
             freeLkb(id)
-            confirmMaster(name, result: WireErrno.eagain)
+            confirmMaster(slot, result: WireErrno.eagain)
         }
         // Overlap follow-up (§4.5 step 5).
-        guard var after = lkbs[id] else { return }
+        guard let after = lkbs[id] else { return }
         let unlock = after.overlapUnlock
         let cancel = after.overlapCancel
-        after.overlapUnlock = false
-        after.overlapCancel = false
-        lkbs[id] = after
+        lkbs.modify(id) { lkb in
+            lkb.overlapUnlock = false
+            lkb.overlapCancel = false
+        }
         if unlock && (result == 0 || result == WireErrno.einprogress) {
-            guard let master = rsbs[name]?.master else { return }
+            guard let master = rsbs.rsb(at: slot)?.master else { return }
             if master == us {
-                unlockLocal(id, rsb: name)
-            } else if addToWaiters(id, .unlock, node: master) == nil {
-                sendLockMessage(.unlock, lock: entry(id)!, rsb: name, to: master)
+                unlockLocal(id, rsb: slot)
+            } else if addToWaiters(id, .unlock, node: master) == nil, let pc = entry(id) {
+                sendLockMessage(.unlock, lock: pc, rsb: slot, to: master)
             }
         } else if cancel && result == WireErrno.einprogress {
-            guard let master = rsbs[name]?.master else { return }
+            guard let master = rsbs.rsb(at: slot)?.master else { return }
             if master == us {
-                cancelLocal(id, rsb: name)
-            } else if addToWaiters(id, .cancel, node: master) == nil {
-                sendLockMessage(.cancel, lock: entry(id)!, rsb: name, to: master)
+                cancelLocal(id, rsb: slot)
+            } else if addToWaiters(id, .cancel, node: master) == nil, let pc = entry(id) {
+                sendLockMessage(.cancel, lock: pc, rsb: slot, to: master)
             }
         }
     }
@@ -371,7 +377,7 @@ extension LockManager {
     mutating func receiveConvertReply(_ message: DLMMessage, from sender: UInt32) {
         guard let lkb = replyTarget(message, .convertReply, from: sender) else { return }
         let id = lkb.id
-        let name = lkb.name
+        let slot = lkb.slot
         let result = message.result
         guard removeFromWaiters(id, .convertReply, result: result) else { return }
         switch result {
@@ -381,16 +387,16 @@ extension LockManager {
             // The kernel's convert-reply path does not munge ALTMODE (only request reply and GRANT do);
             // we do, so that the owner's mode matches the master's.
             mungeAltMode(id, message)
-            let granted = rsbs[name]!.resource.grantProcessCopy(
+            let granted = rsbs[slot].resource.grantProcessCopy(
                 id, extra: LockMessages.extraBytes(message), lvbSeq: message.lvbseq)
             queueCast(id, .granted, lock: granted)
         case WireErrno.einprogress:
             intake(id, message)
             if message.sbflags & StatusBlockFlags.demoted != 0 { updateEntry(id) { $0.grantedMode = .nl } }
-            rsbs[name]!.resource.moveLock(id, to: .convert)
+            rsbs[slot].resource.moveLock(id, to: .convert)
         case WireErrno.edeadlk:
             intake(id, message)
-            _ = rsbs[name]!.resource.revertLock(id)
+            _ = rsbs[slot].resource.revertLock(id)
             queueCast(id, .deadlock, lock: entry(id))
         case WireErrno.eagain:
             // KQ: the lock stays granted in its old mode and keeps its rqmode.
@@ -398,7 +404,7 @@ extension LockManager {
         default:
             // KQ: the kernel only logs; we complete the conversion with the error (lock stays granted).
             log("convert_reply \(String(id, radix: 16)) unexpected result \(result) from \(sender)")
-            _ = rsbs[name]!.resource.revertLock(id)
+            _ = rsbs[slot].resource.revertLock(id)
             queueCast(id, LockResult(rawValue: result) ?? .invalid, lock: entry(id))
         }
     }
@@ -427,10 +433,9 @@ extension LockManager {
         switch message.result {
         case WireErrno.dlmECancel:
             intake(id, message)
-            guard let (reverted, change) = rsbs[lkb.name]!.resource.revertLock(id) else { return }
+            guard let (reverted, change) = rsbs[lkb.slot].resource.revertLock(id) else { return }
             switch change {
             case .removed:
-                lkbs[id]!.detached = reverted
                 queueCast(id, .cancelled, lock: reverted, endOfLife: true)
                 freeLkb(id)
             case .backToGranted, .none:
@@ -448,7 +453,7 @@ extension LockManager {
         let id = lkb.id
         intake(id, message)
         mungeAltMode(id, message)
-        let granted = rsbs[lkb.name]!.resource.grantProcessCopy(
+        let granted = rsbs[lkb.slot].resource.grantProcessCopy(
             id, extra: LockMessages.extraBytes(message), lvbSeq: message.lvbseq)
         queueCast(id, .granted, lock: granted)
     }
@@ -461,34 +466,34 @@ extension LockManager {
     }
 
     mutating func receiveLookupReply(_ message: DLMMessage, from sender: UInt32) {
-        guard let (lkb, _) = processCopy(message.lkid), lkb.detached != nil else {
+        guard let (lkb, _) = processCopy(message.lkid), lkb.isDetached else {
             log("lookup_reply from \(sender): no lock \(String(message.lkid, radix: 16))")
             return
         }
         let id = lkb.id
-        let name = lkb.name
+        let slot = lkb.slot
         guard removeFromWaiters(id, .lookupReply, result: message.result) else { return }
         let answer = message.nodeID
         if answer == Int32(bitPattern: us) {
-            rsbs[name]!.master = us
-            rsbs[name]!.firstLkid = 0
+            rsbs[slot].master = us
+            rsbs[slot].firstLkid = 0
         } else if answer == -1 {
-            log("lookup_reply \(printable(name)) from \(sender): master unknown (membership disagreement)")
-            rsbs[name]!.master = 0
+            log("lookup_reply \(printable(rsbs[slot].name)) from \(sender): master unknown (membership disagreement)")
+            rsbs[slot].master = 0
             updateEntry(id) { $0.nodeID = -1 }
         } else {
-            rsbs[name]!.master = UInt32(bitPattern: answer)
+            rsbs[slot].master = UInt32(bitPattern: answer)
         }
-        let current = lkbs[id]!
+        guard let current = lkbs[id] else { return }
         if current.overlapUnlock || current.overlapCancel {
             queueCast(id, current.overlapUnlock ? .unlocked : .cancelled, lock: entry(id), endOfLife: true)
             freeLkb(id)
             // Deliberate difference (§4.13 KQ): hand the lookup over to the next parked lock instead of
             // leaving first_lkid naming the freed lock.
-            if answer != Int32(bitPattern: us) { confirmMaster(name, result: WireErrno.eagain) }
+            if answer != Int32(bitPattern: us) { confirmMaster(slot, result: WireErrno.eagain) }
         } else {
             requestLock(id)
         }
-        if answer == Int32(bitPattern: us) { processLookupList(name) }
+        if answer == Int32(bitPattern: us) { processLookupList(slot) }
     }
 }

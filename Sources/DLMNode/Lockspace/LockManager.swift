@@ -14,6 +14,36 @@ import NIOCore
 /// messages and callbacks.
 ///
 /// Recovery (node failures, RCOM) is not handled here.
+///
+/// ## Storage (for code that reads or changes the tables, e.g. recovery)
+///
+/// * `rsbs: RsbTable` — the resources, in a slab addressed by `RsbSlot` (an `Int`), with an index
+///   keyed by the name's jhash (`Rsb.hash`). A slot is stable while the rsb exists (an rsb with
+///   locks is never removed) and reused after it is removed.
+///   - look up: `rsbs.slot(of: name)` (or `slot(of:hash:)` when the jhash is known) → `RsbSlot?`;
+///     `rsbs[name]` → `Rsb?` (a copy, dictionary-style; setting it inserts/replaces/removes).
+///   - read / change in place: `rsbs[slot]` (get and `_modify`: `rsbs[slot].master = x`,
+///     `rsbs[slot].resource.insert(...)`); only for slots that hold an rsb (it traps otherwise);
+///     `rsbs.rsb(at: slot)` → `Rsb?` and `rsbs.contains(slot)` never trap.
+///   - iterate: `rsbs.allSlots` (slot order), `rsbs.slotsSortedByName`, `rsbs.sortedNames`,
+///     `rsbs.values` (copies), `rsbs.count`.
+///   - add / remove: `rsbs.insert(Rsb(name:hash:lvbLength:))` → slot; `rsbs.remove(slot)`.
+///   - the name is `rsb.name` (= `rsb.resource.name`); the grant engine's queues are
+///     `rsb.resource` (`grantQueue`/`convertQueue`/`waitQueue`, `lock(id)`, `insert`, `removeLock`).
+///   Mutate through `rsbs[slot]...` directly rather than copying an `Rsb` out and writing it back:
+///   a live copy makes the next queue change copy the queue arrays.
+/// * `lkbs: LockTable` — the locks by lock id (ids are the lowest free integers, as the kernel's
+///   idr, so the table is a dense array indexed by `id - 1`).
+///   - `lkbs[id]` → `Lkb?` (get/set; setting nil removes the lock and its detached entry);
+///     `lkbs.modify(id) { $0.parked = true }` changes one in place; `lkbs.ids` (ascending),
+///     `lkbs.values`, `lkbs.count`.
+///   - a lock's rsb is `lkb.slot` (`rsbs[lkb.slot]`); its name `rsbName(of: id)`.
+///   - its `LockEntry`: `entry(id)` wherever it is; `updateEntry(id) { ... }` changes it in place.
+///     A lock on no queue (`lkb.isDetached`: request in flight or parked) keeps its entry in
+///     `lkbs.detachedEntry(id)` / `lkbs.setDetached(id, entry)` / `lkbs.takeDetached(id)`; a
+///     queued lock's entry is on `rsbs[lkb.slot].resource`'s queues.
+///   - new ids come from `allocateID()` and go back with `releaseID(_:)` (`freeLkb` does both and
+///     drops the rsb reference).
 public struct LockManager: Sendable {
     // MARK: - Public types
 
@@ -85,44 +115,74 @@ public struct LockManager: Sendable {
     // MARK: - Internal state
 
     /// One lock (`lkb`) as the message layer sees it. The `LockEntry` lives on the rsb's queues while
-    /// the lock is queued, and in `detached` while it is on no queue (a new request in flight or parked).
+    /// the lock is queued, and in the lock table's detached entries while it is on no queue (a new
+    /// request in flight or parked; `isDetached`).
     struct Lkb: Sendable {
         var id: UInt32
-        var name: [UInt8]
-        var isMasterCopy: Bool
+        /// The slot of the lock's rsb in `rsbs` (the rsb lives while the lock references it).
+        var rsb: Int32
         var tag: UInt64
-        var detached: LockEntry?
+        var waitNode: UInt32 = 0
+        var waitCount: Int16 = 0
         /// `lkb_wait_type`: the message whose reply is awaited.
         var waitType: MessageType?
-        var waitCount = 0
-        var waitNode: UInt32 = 0
+        var isMasterCopy: Bool
+        /// On no queue: the entry is `lkbs.detachedEntry(id)`.
+        var isDetached = false
         var overlapUnlock = false
         var overlapCancel = false
         /// On the rsb's lookup list.
         var parked = false
-        var callbacks = CallbackQueue()
         /// The most recent call supplied a blocking callback (the owner drops BASTs otherwise, §7.3).
         var deliverBlocking = false
+        /// The callback coalescing state (`lkb_last_cast`/`lkb_last_cb`, see `CallbackQueue`).
+        var callbacks = CallbackQueue.Coalescing()
+
+        init(id: UInt32, rsb: RsbSlot, isMasterCopy: Bool, tag: UInt64, deliverBlocking: Bool = false) {
+            self.id = id
+            self.rsb = Int32(rsb)
+            self.isMasterCopy = isMasterCopy
+            self.tag = tag
+            self.deliverBlocking = deliverBlocking
+        }
+
+        var slot: RsbSlot { Int(rsb) }
     }
 
     struct Rsb: Sendable {
-        var name: [UInt8]
-        var hash: UInt32
+        /// The grant engine's state; its `name` is the rsb's name.
         var resource: Resource
+        var hash: UInt32
         /// `res_master_nodeid`: 0 = unknown; our id = we are master.
         var master: UInt32 = 0
         var firstLkid: UInt32 = 0
-        var lookupList: [UInt32] = []
-        var masterUncertain = false
-        /// Inactive since (nil = active).
-        var tossedAt: Duration?
         /// Locks referring to this rsb (any kind).
-        var refs = 0
+        var refs: Int32 = 0
+        var lookupList: [UInt32] = []
+        private var tossedTime: Duration = .zero
+        private var tossed = false
+        var masterUncertain = false
+
+        init(name: [UInt8], hash: UInt32, lvbLength: Int) {
+            resource = Resource(name: name, lvbLength: lvbLength)
+            self.hash = hash
+        }
+
+        var name: [UInt8] { resource.name }
+
+        /// Inactive since (nil = active).
+        var tossedAt: Duration? {
+            get { tossed ? tossedTime : nil }
+            set {
+                tossed = newValue != nil
+                tossedTime = newValue ?? .zero
+            }
+        }
     }
 
     public let config: Configuration
-    var rsbs: [ResourceName: Rsb] = [:]
-    var lkbs: [UInt32: Lkb] = [:]
+    var rsbs = RsbTable()
+    var lkbs = LockTable()
     public private(set) var members: [Member] = []
     var memberIDs: Set<UInt32> = []
     /// Freed ids, in descending order (the last is the lowest).
@@ -168,16 +228,15 @@ public struct LockManager: Sendable {
 
     /// §3.9.2: reap inactive rsbs older than toss_secs; a master that is not the dir node sends REMOVE.
     mutating func scanToss() {
-        let names = rsbs.sortedNames
-        for name in names {
-            guard let r = rsbs[name], let tossed = r.tossedAt else { continue }
+        for slot in rsbs.slotsSortedByName {
+            guard let r = rsbs.rsb(at: slot), let tossed = r.tossedAt else { continue }
             let dir = directoryNode(hash: r.hash)
             if dir == us && r.master != us { continue }  // a directory record: never reaped by time
             if now < tossed + config.tossTime { continue }
-            rsbs[name] = nil
+            rsbs.remove(slot)
             if r.master == us && dir != us {
-                send(LockMessages.remove(name: name, hash: r.hash, header: header()), to: dir)
-                log("remove \(printable(name)) → dir \(dir)")
+                send(LockMessages.remove(name: r.name, hash: r.hash, header: header()), to: dir)
+                log("remove \(printable(r.name)) → dir \(dir)")
             }
         }
     }
@@ -235,6 +294,7 @@ public struct LockManager: Sendable {
 
     func normalisedLVB(_ lvb: [UInt8]?) -> [UInt8]? {
         guard var lvb else { return nil }
+        if lvb.count == lvbLength { return lvb }
         if lvb.count > lvbLength { lvb = Array(lvb.prefix(lvbLength)) }
         if lvb.count < lvbLength { lvb += [UInt8](repeating: 0, count: lvbLength - lvb.count) }
         return lvb
@@ -243,43 +303,50 @@ public struct LockManager: Sendable {
     /// The lock's entry, wherever it is.
     func entry(_ id: UInt32) -> LockEntry? {
         guard let lkb = lkbs[id] else { return nil }
-        if let detached = lkb.detached { return detached }
-        return rsbs[lkb.name]?.resource.lock(id)
+        if lkb.isDetached { return lkbs.detachedEntry(id) }
+        return rsbs.rsb(at: lkb.slot)?.resource.lock(id)
     }
 
     /// Change the lock's entry, wherever it is.
     mutating func updateEntry(_ id: UInt32, _ body: (inout LockEntry) -> Void) {
-        guard var lkb = lkbs[id] else { return }
-        if var detached = lkb.detached {
+        guard let lkb = lkbs[id] else { return }
+        if lkb.isDetached {
+            guard var detached = lkbs.detachedEntry(id) else { return }
             body(&detached)
-            lkb.detached = detached
-            lkbs[id] = lkb
-        } else {
-            rsbs[lkb.name]?.resource.update(id, body)
+            lkbs.setDetached(id, detached)
+        } else if rsbs.contains(lkb.slot) {
+            rsbs[lkb.slot].resource.update(id, body)
         }
+    }
+
+    /// The name of a lock's rsb (empty if the lock is unknown).
+    func rsbName(of id: UInt32) -> [UInt8] {
+        guard let lkb = lkbs[id], let r = rsbs.rsb(at: lkb.slot) else { return [] }
+        return r.name
     }
 
     /// Forget a lock: free its id, drop the rsb reference (the rsb goes inactive with its last lock).
     mutating func freeLkb(_ id: UInt32) {
         guard let lkb = lkbs.removeValue(forKey: id) else { return }
         releaseID(id)
-        if lkb.detached == nil { rsbs[lkb.name]?.resource.removeLock(id) }
-        if lkb.parked { rsbs[lkb.name]?.lookupList.removeAll { $0 == id } }
-        if var r = rsbs[lkb.name] {
-            r.refs -= 1
-            rsbs[lkb.name] = r
-            tossIfUnused(lkb.name)
+        let slot = lkb.slot
+        guard rsbs.contains(slot) else {
+            log("free lock \(String(id, radix: 16)): its rsb (slot \(slot)) is gone")
+            return
         }
+        if !lkb.isDetached { rsbs[slot].resource.removeLock(id) }
+        if lkb.parked { rsbs[slot].lookupList.removeAll { $0 == id } }
+        rsbs[slot].refs -= 1
+        tossIfUnused(slot)
     }
 
     /// §1.6: an rsb nobody references becomes inactive; its LVB buffer is freed (KQ).
-    mutating func tossIfUnused(_ name: [UInt8]) {
-        guard var r = rsbs[name], r.refs == 0, r.tossedAt == nil else { return }
-        r.tossedAt = now
-        r.resource.discardValueBlock()
-        r.firstLkid = 0
-        r.masterUncertain = false
-        rsbs[name] = r
+    mutating func tossIfUnused(_ slot: RsbSlot) {
+        guard rsbs.contains(slot), rsbs[slot].refs == 0, rsbs[slot].tossedAt == nil else { return }
+        rsbs[slot].tossedAt = now
+        rsbs[slot].resource.discardValueBlock()
+        rsbs[slot].firstLkid = 0
+        rsbs[slot].masterUncertain = false
     }
 
     // MARK: - Callbacks
@@ -287,32 +354,38 @@ public struct LockManager: Sendable {
     /// `queue_cast`: a completion for a local lock (deliver in generation order, coalesced per
     /// `CallbackQueue`).
     mutating func queueCast(_ id: UInt32, _ status: LockResult, lock: LockEntry?, endOfLife: Bool = false) {
-        guard var lkb = lkbs[id] else { return }
         let mode = endOfLife ? LockMode.iv : (lock?.grantedMode ?? .iv)
         let flags = lock?.statusFlags ?? []
-        lkb.callbacks.enqueue(.completion(status, mode: mode, flags: flags))
-        _ = lkb.callbacks.dequeue()
-        lkbs[id] = lkb
+        var tag: UInt64 = 0
+        guard lkbs.modify(id, { lkb in
+            _ = lkb.callbacks.admit(.completion(status, mode: mode, flags: flags))
+            tag = lkb.tag
+        }) else { return }
         out.append(
             .completion(
                 Completion(
-                    tag: lkb.tag, lkid: id, status: status, mode: mode, statusFlags: flags, lvb: lock?.lvb,
+                    tag: tag, lkid: id, status: status, mode: mode, statusFlags: flags, lvb: lock?.lvb,
                     endOfLife: endOfLife)))
     }
 
     /// `queue_bast` for a local or process copy.
     mutating func queueBast(_ id: UInt32, _ mode: LockMode) {
-        guard var lkb = lkbs[id], lkb.deliverBlocking else { return }
-        let queued = lkb.callbacks.enqueue(.blocking(mode))
-        if queued { _ = lkb.callbacks.dequeue() }
-        lkbs[id] = lkb
-        if queued { out.append(.blocking(tag: lkb.tag, lkid: id, mode: mode)) }
+        var queued = false
+        var tag: UInt64 = 0
+        lkbs.modify(id) { lkb in
+            guard lkb.deliverBlocking else { return }
+            queued = lkb.callbacks.admit(.blocking(mode))
+            tag = lkb.tag
+        }
+        if queued { out.append(.blocking(tag: tag, lkid: id, mode: mode)) }
     }
 
     /// Carry out the grant engine's effects: on a master copy GRANT/BAST messages, on a local lock
     /// callbacks.
-    mutating func runEffects(_ effects: [LockEffect], rsb name: [UInt8]) {
-        guard let hash = rsbs[name]?.hash else { return }
+    mutating func runEffects(_ effects: [LockEffect], rsb slot: RsbSlot) {
+        guard !effects.isEmpty, rsbs.contains(slot) else { return }
+        let hash = rsbs[slot].hash
+        let name = rsbs[slot].name
         for effect in effects {
             switch effect {
             case .grant(let lock):
@@ -344,42 +417,47 @@ public struct LockManager: Sendable {
         case received(from: UInt32)
     }
 
-    /// `find_rsb`: the rsb for `name`, activated, or the error the kernel returns.
-    mutating func findRsb(_ name: [UInt8], _ reason: FindReason) -> Int32? {
-        guard name.count <= WireLimits.maxResourceNameLength else { return WireErrno.einval }
-        if var r = rsbs[name] {
-            if r.tossedAt == nil { return nil }
+    enum FindResult {
+        case found(RsbSlot)
+        case error(Int32)
+    }
+
+    /// `find_rsb`: the rsb for `name`, activated, or the error the kernel returns. `name`: any byte
+    /// collection (a received message's bytes); an array is made only for a new rsb.
+    mutating func findRsb<Name: Collection>(_ name: Name, _ reason: FindReason) -> FindResult where Name.Element == UInt8 {
+        guard name.count <= WireLimits.maxResourceNameLength else { return .error(WireErrno.einval) }
+        let hash = JHash.hash(name)
+        if let slot = rsbs.slot(of: name, hash: hash) {
+            let r = rsbs[slot]
+            if r.tossedAt == nil { return .found(slot) }
             switch reason {
             case .received(let from):
                 let fromDir = from == directoryNode(hash: r.hash)
-                if r.master != us && !fromDir { return WireErrno.enotblk }
+                if r.master != us && !fromDir { return .error(WireErrno.enotblk) }
                 if r.master != us && fromDir {
-                    log("find_rsb \(printable(name)): dir \(from) sent a request, taking mastery from \(r.master)")
-                    r.master = us
-                    r.masterUncertain = false
+                    log("find_rsb \(printable(Array(name))): dir \(from) sent a request, taking mastery from \(r.master)")
+                    rsbs[slot].master = us
+                    rsbs[slot].masterUncertain = false
                 }
             case .local:
                 if r.master != 0 && r.master != us {
-                    r.masterUncertain = true
-                    r.firstLkid = 0
+                    rsbs[slot].masterUncertain = true
+                    rsbs[slot].firstLkid = 0
                 }
             }
-            r.tossedAt = nil
-            rsbs[name] = r
-            return nil
+            rsbs[slot].tossedAt = nil
+            return .found(slot)
         }
-        let hash = JHash.hash(name)
         let dir = directoryNode(hash: hash)
-        var r = Rsb(name: name, hash: hash, resource: Resource(name: name, lvbLength: lvbLength))
+        var r = Rsb(name: Array(name), hash: hash, lvbLength: lvbLength)
         switch reason {
         case .local:
             r.master = dir == us ? us : 0
         case .received(let from):
-            guard from == dir || dir == us else { return WireErrno.ebadr }
+            guard from == dir || dir == us else { return .error(WireErrno.ebadr) }
             r.master = us
         }
-        rsbs[name] = r
-        return nil
+        return .found(rsbs.insert(r))
     }
 
     // MARK: - Waiters (§6.1)
@@ -429,8 +507,8 @@ public struct LockManager: Sendable {
             log("remwait error \(String(id, radix: 16)) reply \(type) wait_type 0")
             return false
         }
-        if overlapDone && lkb.waitType != nil {
-            log("remwait error \(String(id, radix: 16)) reply \(type) wait_type \(lkb.waitType!) overlap")
+        if overlapDone, let waitType = lkb.waitType {
+            log("remwait error \(String(id, radix: 16)) reply \(type) wait_type \(waitType) overlap")
             lkb.waitCount -= 1
             lkb.waitType = nil
         }

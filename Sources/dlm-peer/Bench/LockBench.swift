@@ -17,6 +17,8 @@ import Glibc
 /// - many locks at once: N locks on distinct names held together, then all unlocked;
 ///   baseline: N dictionary inserts, then N removes;
 /// - memory per held lock: (RSS after − RSS before) / N with N NL locks held in one manager;
+/// - the lock managers' share of a remote pair: node 1 and node 2 as two `LockManager`s in this
+///   process, messages handed from one to the other as values (no encoding, no transport);
 /// - remote master: this process is node 1 (127.0.0.1), a child `dlm-peer bench locks --serve`
 ///   is node 2 (127.0.0.2) and masters the resource (it takes an NL lock on it first and keeps
 ///   it); node 1 does EX lock + unlock round trips (REQUEST/REQUEST_REPLY, UNLOCK/UNLOCK_REPLY);
@@ -41,6 +43,9 @@ struct LockBench: ParsableCommand {
     @Flag(help: "Skip the two-process remote-master run.")
     var noRemote = false
 
+    @Flag(help: "Only count heap allocations per lock + unlock pair (re-executes with the malloc interposer built beside the binary; kept apart because the interposer inflates the memory figure).")
+    var allocations = false
+
     @Option(help: "Base port (lowcomms on it, raw TCP on port+1); random 30000-40000 by default.")
     var port: Int?
 
@@ -57,6 +62,27 @@ struct LockBench: ParsableCommand {
             try LockBenchServer.run(port: port, inFlight: inFlight)
             return
         }
+        if allocations {
+            // The malloc interposer (scripts/bench builds it beside the binary) counts allocations.
+            AllocationCounter.reexecWithInterposerIfAvailable()
+            guard let counter = AllocationCounter.loaded() else {
+                throw ValidationError("\(AllocationCounter.library) is not beside the binary (scripts/bench builds it)")
+            }
+            let many = (0..<max(1, names)).map { LocalLockBench.name($0, prefix: "m") }
+            let counts = LocalLockBench.allocationsPerPair(counter, names: many)
+            if options.json {
+                let data = try JSONSerialization.data(withJSONObject: ["benchmark": "locks", "allocations_per_pair": counts],
+                                                      options: [.sortedKeys, .prettyPrinted])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print("allocations per lock + unlock pair (steady state): " + counts.keys.sorted().map {
+                    String(format: "%@ %.2f", $0, counts[$0] ?? 0)
+                }.joined(separator: ", "))
+            }
+            return
+        }
+        // Preloaded by hand: the counts are shown, but the memory figure includes the interposer's cost.
+        let counter = AllocationCounter.loaded()
         let seconds = options.seconds
         var sections: [String: Any] = ["benchmark": "locks", "seconds_per_run": seconds]
         var text: [String] = ["locks bench: \(seconds) s per run, release build recommended"]
@@ -95,6 +121,26 @@ struct LockBench: ParsableCommand {
         sections["local"] = ["results": local, "aim_pairs_per_sec": 300_000, "aim_met": minLocal >= 300_000,
                              "baseline": "Dictionary<[UInt8], UInt32> insert + removeValue of the same names, timed the same way"]
         text.append(String(format: "  aim ≥ 300000 pairs/s: %@ (lowest %.0f)", minLocal >= 300_000 ? "met" : "NOT met", minLocal))
+
+        // 1b. The lock-manager side of a remote pair, in memory.
+        let inMemory = LocalLockBench.inMemoryRemotePairs(seconds: seconds)
+        sections["remote_lock_managers_in_memory"] = [
+            "setup": "node 1 requests, node 2 masters (holds NL); two LockManagers in one process, each message handed to the other manager as a value: no encoding, no transport",
+            "pairs_per_sec": inMemory.pairsPerSecond, "p50_ns": inMemory.p50, "p99_ns": inMemory.p99, "pairs": inMemory.pairs,
+        ]
+        text.append(String(format: "remote pair, lock managers only (node 1 + node 2 in memory, no transport): %.0f pairs/s, p50 %.0f ns, p99 %.0f ns",
+                           inMemory.pairsPerSecond, inMemory.p50, inMemory.p99))
+
+        if let counter {
+            let allocations = LocalLockBench.allocationsPerPair(counter, names: many)
+            sections["allocations_per_pair"] = allocations
+            text.append("allocations per lock + unlock pair: " + allocations.keys.sorted().map {
+                String(format: "%@ %.2f", $0, allocations[$0] ?? 0)
+            }.joined(separator: ", "))
+            if memoryLocks > 0 { text.append("  (the malloc interposer is loaded: the memory figure above is inflated by it)") }
+        } else {
+            text.append("allocations per pair: see `dlm-peer bench locks --allocations`")
+        }
 
         // 2. Many locks at once.
         let held = (0..<max(1, inFlight)).map { LocalLockBench.name($0, prefix: "f") }
@@ -141,6 +187,10 @@ struct LockBench: ParsableCommand {
                                inFlight, r.lockBatch.best, r.lockBatch.average, r.lockBatch.rounds, inFlight, r.rawBatch.best, r.lockBatch.best / r.rawBatch.best))
             text.append(String(format: "  per round trip (pair p50 / 2) vs raw RTT p50: %.2fx (aim ≤ 1.5: %@); lock alone vs raw: %.2fx",
                                ratioRT, ratioRT <= 1.5 ? "met" : "NOT met", ratioLock))
+            if pairP50 > 0 {
+                text.append(String(format: "  lock-manager work in a pair (in-memory p50 above): %.1f%% of the pair's p50",
+                                   100 * inMemory.p50 / pairP50))
+            }
         }
 
         if options.json {
@@ -256,6 +306,89 @@ enum LocalLockBench {
         }
         if sink == 0xFFFF_FFFF { print("") }
         return p
+    }
+
+    /// Node 1 (requester) and node 2 (master, holding NL on the name) as two `LockManager`s in this
+    /// process; every message goes to the other manager as a value. EX lock + unlock pairs from
+    /// node 1: REQUEST, REQUEST_REPLY, UNLOCK, UNLOCK_REPLY — the lock managers' share of a remote
+    /// pair, without codec and transport.
+    struct InMemoryRemote {
+        var nodes: [LockManager]
+        let name = Array(LockBench.remoteName.utf8)
+        var pending: [(LockManager.Action, UInt32)] = []
+        var granted = 0
+        var released = 0
+        var failures = 0
+
+        init() {
+            let members = [LockManager.Member(nodeID: 1), LockManager.Member(nodeID: 2)]
+            nodes = [
+                LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 1, lvbLength: 32), members: members),
+                LockManager(LockManager.Configuration(lockspaceID: lockspaceID, ourNodeID: 2, lvbLength: 32), members: members),
+            ]
+            pending.reserveCapacity(16)
+            run(nodes[1].lock(name: name, mode: .nl, now: .zero).actions, from: 2)
+        }
+
+        /// Hands the messages on until none is left; counts node 1's completions.
+        mutating func run(_ first: [LockManager.Action], from node: UInt32) {
+            pending.removeAll(keepingCapacity: true)
+            for a in first { pending.append((a, node)) }
+            var i = 0
+            while i < pending.count {
+                let (action, sender) = pending[i]
+                i += 1
+                switch action {
+                case .send(let message, let to):
+                    guard to == 1 || to == 2 else { continue }
+                    for a in nodes[Int(to) - 1].receive(message, from: sender, now: .zero) { pending.append((a, to)) }
+                case .completion(let c):
+                    guard sender == 1 else { continue }
+                    if c.endOfLife { released += 1 } else if c.status == .granted { granted += 1 }
+                case .blocking, .log:
+                    break
+                }
+            }
+        }
+
+        mutating func pair() {
+            let (g, r) = (granted, released)
+            let call = nodes[0].lock(name: name, mode: .ex, now: .zero)
+            run(call.actions, from: 1)
+            run(nodes[0].unlock(lkid: call.lkid, now: .zero).actions, from: 1)
+            if granted != g + 1 || released != r + 1 { failures += 1 }
+        }
+    }
+
+    static func inMemoryRemotePairs(seconds: Double) -> Pairs {
+        var bench = InMemoryRemote()
+        let p = timedPairs(seconds: seconds) { _ in bench.pair() }
+        precondition(bench.failures == 0, "bench locks: \(bench.failures) in-memory remote pairs did not complete")
+        return p
+    }
+
+    /// Heap allocations per lock + unlock pair (steady state): local master on one name, local
+    /// master cycling over `names`, and the in-memory remote pair (both managers and the harness's
+    /// message hand-over, which reuses its buffer).
+    static func allocationsPerPair(_ counter: AllocationCounter, names: [[UInt8]]) -> [String: Double] {
+        let n = 10_000
+        var out: [String: Double] = [:]
+        var lm = manager()
+        let one = Array("bench-one".utf8)
+        for _ in 0..<1000 { _ = lm.unlock(lkid: lm.lock(name: one, mode: .ex, now: .zero).lkid, now: .zero) }
+        out["local_1_name"] = Double(counter.count {
+            for _ in 0..<n { _ = lm.unlock(lkid: lm.lock(name: one, mode: .ex, now: .zero).lkid, now: .zero) }
+        }) / Double(n)
+        for name in names { _ = lm.unlock(lkid: lm.lock(name: name, mode: .ex, now: .zero).lkid, now: .zero) }
+        out["local_\(names.count)_names"] = Double(counter.count {
+            for i in 0..<n {
+                _ = lm.unlock(lkid: lm.lock(name: names[i % names.count], mode: .ex, now: .zero).lkid, now: .zero)
+            }
+        }) / Double(n)
+        var remote = InMemoryRemote()
+        for _ in 0..<1000 { remote.pair() }
+        out["remote_pair_in_memory"] = Double(counter.count { for _ in 0..<n { remote.pair() } }) / Double(n)
+        return out
     }
 
     struct Batch {
