@@ -1098,7 +1098,7 @@ def sc_s2_peer_joins(c, ck):
               "node%d sent no LOOKUP to dlm-peer for %s: %s" % (k2, name, counts.get("%d->%d" % (k2, pid))))
 
 
-def sc_random_workload(c, ck, rounds=12, seed=None):
+def sc_random_workload(c, ck, rounds=25, seed=None):
     """Issue 6's long random workload: both kernels (their lock clients) and dlm-peer take,
     convert, cancel and release locks at random on resources mastered by each side and whose
     directory node is each side, with NOQUEUE now and then. After every round, once the
@@ -1127,10 +1127,16 @@ def sc_random_workload(c, ck, rounds=12, seed=None):
     peer_lkid = {}          # name -> lkid of dlm-peer's lock on it
     kernel_lkid = {}        # (node, name) -> lkid
     ops = 0
+    checked = {"locks": 0, "remote": 0, "waiting": 0}
     for rnd_no in range(rounds):
         dumps_now = all_dumps(c, everyone, "round%02d" % rnd_no) if rnd_no else {i: {} for i in everyone}
         problems = dumpmod.check(dumps_now, everyone)
         ck.expect(not problems, "round %d: invariants: %s" % (rnd_no, problems[:5]))
+        for d in dumps_now.values():
+            for r in d.values():
+                checked["locks"] += len(r.locks)
+                checked["remote"] += sum(1 for l in r.locks if l.nodeid is not None)
+                checked["waiting"] += sum(1 for l in r.locks if l.queue != "granted")
         if problems:
             break
 
@@ -1188,31 +1194,28 @@ def sc_random_workload(c, ck, rounds=12, seed=None):
                 ops += 1
         time.sleep(1.5)        # let the messages settle (TCG kernels) before the next dumps
     ck.metric("operations", ops, "")
-    # release everything: cancel what waits, then unlock what is granted
+    ck.metric("lock_copies_checked", checked["locks"], "")
+    ck.metric("master_copies_of_remote_locks_checked", checked["remote"], "")
+    ck.metric("queued_locks_checked", checked["waiting"], "")
+    # release everything: dlm-peer cancels what waits and unlocks what is granted; the kernels'
+    # lock clients exit (closing /dev/dlm_<ls> releases all their locks, as for any process)
     for _ in range(3):
-        d = all_dumps(c, everyone, "release")
-        for node in everyone:
-            for r in d[node].values():
-                for l in r.locks:
-                    if l.nodeid is not None:
-                        continue
-                    if node == pid:
-                        if l.queue == "granted":
-                            peerctl.unlock(pid, LS, l.lkid)
-                        else:
-                            peerctl.cancel(pid, LS, l.lkid)
+        d = all_dumps(c, [pid], "release")
+        for r in d[pid].values():
+            for l in r.locks:
+                if l.nodeid is None:
+                    if l.queue == "granted":
+                        peerctl.unlock(pid, LS, l.lkid)
                     else:
-                        tag = next((t for (n, nm), v in kernel_lkid.items() if n == node and v == l.lkid
-                                    for t in ["t%s" % nm.replace("-", "")]), None)
-                        if tag:
-                            c.agent(node, LS, "%s %s" % ("unlock" if l.queue == "granted" else "cancel", tag))
-        time.sleep(1.5)
+                        peerctl.cancel(pid, LS, l.lkid)
+        time.sleep(0.5)
+    for k in kernels:
+        c.agent_quit(k, LS)
+    time.sleep(1.5)
     final = all_dumps(c, everyone, "final")
     left = {i: sum(len(r.locks) for r in d.values()) for i, d in final.items()}
     ck.expect(not dumpmod.check(final, everyone), "final invariants: %s" % dumpmod.check(final, everyone))
     ck.expect(all(v == 0 for v in left.values()), "locks left after releasing everything: %s" % left)
-    for k in kernels:
-        c.agent_quit(k, LS)
     peer_leaves(c, ck, pid)
     leave_all(c, ck, list(reversed(kernels)))
 
