@@ -565,6 +565,19 @@ def sc_peer_bench(c, ck, count=300, rounds=3):
             results[kind].append(float(ev["avg_ms"]))
             ck.note("round %d, master %s (%s): %d lock+unlock, avg %.3f ms, min %s ms, max %s ms"
                     % (r, kind, res, count, float(ev["avg_ms"]), ev.get("min_ms"), ev.get("max_ms")))
+    # dlm-peer as the requester: the same round trips from dlm-peer to the kernel master, each
+    # lock and unlock a control-socket request (whose own cost, about 0.1 ms, is included)
+    results["peer_to_kernel"] = []
+    for r in range(rounds):
+        t0 = time.time()
+        for i in range(count):
+            ans = peerctl.lock(pid, LS, kres, "EX")
+            ck.require(ans.get("status") == "granted", "dlm-peer EX on %s: %s" % (kres, ans))
+            ans = peerctl.unlock(pid, LS, int(ans["lkid"]))
+            ck.require(ans.get("status") == "unlocked", "dlm-peer unlock on %s: %s" % (kres, ans))
+        results["peer_to_kernel"].append((time.time() - t0) * 1000.0 / count)
+        ck.note("round %d, dlm-peer -> kernel master (%s): %d lock+unlock, avg %.3f ms" % (r, kres, count, results["peer_to_kernel"][-1]))
+    ck.metric("peer_requester_avg_ms", round(min(results["peer_to_kernel"]), 3), "ms")
     # the first round warms up (lookups, connections); the figures are from the best round
     k_ms, p_ms = min(results["kernel"]), min(results["peer"])
     ck.metric("kernel_master_avg_ms", round(k_ms, 3), "ms")
@@ -1361,16 +1374,16 @@ SCENARIOS = [
     Scenario("peer-join-low", "lab-peer-low.toml", sc_peer_join,
              "peer-join with dlm-peer as the lowest node (the recovery coordinator)"),
     Scenario("peer-locks-low", "lab-peer-low.toml", sc_peer_locks,
-             "peer-locks with dlm-peer as the lowest node", peer_args={1: ["--lock", "alpha:res-peer:EX:3"]}),
+             "peer-locks with dlm-peer as the lowest node", peer_args={1: ["--lock", "alpha:res-peer:EX:3"]}, default=True),
     Scenario("peer-lvb-mismatch", "lab-peer.toml", sc_peer_lvb_mismatch,
              "S11: dlm-peer's LVB length 64 against 32: both sides refuse (config mismatch, -EPROTO)",
-             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-lvb64.toml")]}),
+             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-lvb64.toml")]}, default=True),
     Scenario("peer-wrong-id", "lab-peer.toml", sc_peer_wrong_id,
              "S12: dlm-peer uses another global id: recovery waits on 'not ready', the join timeouts report it",
-             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-badid.toml"), "--join-timeout", "8"]}),
+             peer_args={3: ["--config", os.path.join(paths.CONFIG_DIR, "lab-peer-badid.toml"), "--join-timeout", "8"]}, default=True),
     Scenario("peer-weight0", "lab-peer-w0.toml", sc_peer_weight0,
              "S17: dlm-peer with weight 0 is never a directory node but masters what it locks first",
-             peer_args={3: ["--lock", "alpha:res-peer:EX:0"]}),
+             peer_args={3: ["--lock", "alpha:res-peer:EX:0"]}, default=True),
     Scenario("recovery-bench", "lab-3node.toml", sc_recovery_bench,
              "benchmark: 3 kernels, one fails: recovery time with 0 locks"),
     Scenario("recovery-bench-1k", "lab-3node.toml", sc_recovery_bench,
@@ -1379,7 +1392,7 @@ SCENARIOS = [
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
     Scenario("s4-master-dies", "lab-peer.toml", sc_s4_master_dies,
              "S4: dlm-peer masters r2, both kernels hold PR, dlm-peer is killed: a kernel becomes master, locks rebuilt",
-             peer_args={3: ["--lock", "alpha:r2:NL:0"]}),
+             peer_args={3: ["--lock", "alpha:r2:NL:0"]}, default=True),
     Scenario("s4-master-dies-low", "lab-peer-low.toml", sc_s4_master_dies,
              "S4 with dlm-peer as the lowest node (the coordinator dies)", peer_args={1: ["--lock", "alpha:r2:NL:0"]}),
     Scenario("s2-peer-joins", "lab-peer.toml", sc_s2_peer_joins,
@@ -1403,7 +1416,7 @@ SCENARIOS = [
     Scenario("recovery-bench-peer-10k", "lab-peer.toml", sc_recovery_bench,
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
     Scenario("random-workload", "lab-peer.toml", sc_random_workload,
-             "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round"),
+             "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round", default=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
