@@ -29,6 +29,9 @@ from .vmctl import Control
 
 QEMU = "qemu-system-x86_64"
 VM_MEM_MB = 128
+AGENT_VM_MEM_MB = 512          # the image carries the dlm-peer binary (static Swift runtime)
+AGENT_CONFIG = "/etc/dlm-peer.toml"
+AGENT_LOG = "/tmp/agent.log"
 TB_MB = 32
 
 
@@ -203,7 +206,8 @@ class KernelNode:
             self.id, self.ip, cfgmod.LAB_NET.prefixlen)
         cmd = ["ip", "netns", "exec", self.c.netns, QEMU,
                "-name", "%s-%s" % (self.c.tag, self.name),
-               "-accel", "tcg,tb-size=%d" % TB_MB, "-m", str(VM_MEM_MB), "-smp", "1",
+               "-accel", "tcg,tb-size=%d" % TB_MB,
+               "-m", str(AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB), "-smp", "1",
                "-display", "none", "-no-reboot", "-nodefaults", "-no-user-config",
                "-kernel", self.image.vmlinux, "-initrd", self.image.initramfs, "-append", append,
                "-serial", "file:%s" % self.console,
@@ -350,6 +354,7 @@ class Cluster:
         self._t0 = time.time()
         self.netns_up = False
         self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
+        self.agent_mode = False     # kernel nodes run `dlm-peer agent` (their CM) instead of the harness
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))
@@ -420,9 +425,15 @@ class Cluster:
         with open(self.config_file, "w") as f:
             f.write(cfgmod.to_toml(cfg))
         images = {}
+        agent = None
+        if self.agent_mode:
+            from .images import agent_binary, AGENT_HINT
+            agent = agent_binary()
+            if not agent:
+                raise Skip("dlm-peer agent binary not built (.build/static/dlm-peer or $DLM_PEER_AGENT): " + AGENT_HINT)
         for n in cfg.kernel_nodes:
             if n.kernel not in images:
-                images[n.kernel] = build_image(n.kernel)
+                images[n.kernel] = build_image(n.kernel, agent=agent)
         self._netns_up()
         if self.capture:
             self._capture_start()
@@ -441,7 +452,10 @@ class Cluster:
             log("  node%d up: %s, booted in %.1f s" % (k.id, k.image.release, k.boot_s))
         self.trace("all kernel nodes up in %.2f s" % (time.time() - t0))
         for k in self.kernel_nodes:
-            self.configure_comms(k)
+            if self.agent_mode:
+                self.agent_up(k)
+            else:
+                self.configure_comms(k)
         for p in self.peers:
             p.start()
         for p in self.peers:
@@ -469,6 +483,38 @@ class Cluster:
             if n.address not in out:
                 raise LabError("node%d: configfs comms lack %s (addr_list: %r)" % (k.id, n.address, out))
 
+    # ---- dlm-peer agent (agent mode: the kernel nodes' cluster manager)
+    def push_config(self, k, text):
+        """Write the cluster config into the VM (where its agent reads it)."""
+        import base64
+        b64 = base64.b64encode(text.encode()).decode()
+        if len(b64) > 7000:
+            raise LabError("config too long for the VM control line (%d bytes)" % len(text))
+        k.sh("echo %s | base64 -d > %s.tmp && mv %s.tmp %s" % (b64, AGENT_CONFIG, AGENT_CONFIG, AGENT_CONFIG))
+
+    def agent_up(self, k):
+        """Start `dlm-peer agent` in the VM; it sets up configfs itself (checked as in
+        configure_comms) and answers the lockspace uevents from now on."""
+        with open(self.config_file) as f:
+            self.push_config(k, f.read())
+        k.bg("dlm-peer agent --config %s --node %d" % (AGENT_CONFIG, k.id), AGENT_LOG)
+        k.waitlog(AGENT_LOG, "agent of node %d running|error|Error" % k.id, 1, 60)
+        out = k.sh("cat %s" % AGENT_LOG)
+        if "running" not in out:
+            raise LabError("node%d: dlm-peer agent did not start:\n%s" % (k.id, out))
+        C = "/sys/kernel/config/dlm/cluster"
+        out = k.sh("cat %s/comms/*/addr_list" % C)
+        for n in self.cfg.nodes:
+            if n.address not in out:
+                raise LabError("node%d: the agent's configfs comms lack %s (addr_list: %r)" % (k.id, n.address, out))
+
+    def agent_cli(self, nid, args, check=True):
+        """`dlm-peer <args>` in the VM of node `nid` (reload, node-down, agent-status)."""
+        return self.kernel(nid).sh("dlm-peer %s" % args, check=check)
+
+    def agent_log_text(self, nid):
+        return self.kernel(nid).sh("cat %s" % AGENT_LOG)
+
     def collect(self):
         """dmesg of every VM into the run dir (best effort)."""
         for k in self.kernel_nodes:
@@ -478,6 +524,10 @@ class Cluster:
                 out, _ = k.ctl.run("dmesg", timeout=20)
                 with open(os.path.join(self.rundir, "%s.dmesg" % k.name), "w") as f:
                     f.write(out)
+                if self.agent_mode:
+                    out, _ = k.ctl.run("cat %s" % AGENT_LOG, timeout=20)
+                    with open(os.path.join(self.rundir, "%s.agent.log" % k.name), "w") as f:
+                        f.write(out)
             except Exception as e:   # noqa: BLE001 - a dead VM must not stop the teardown
                 with open(os.path.join(self.rundir, "%s.dmesg" % k.name), "w") as f:
                     f.write("(dmesg unavailable: %s)\n--- console ---\n%s" % (e, k.console_text()))

@@ -86,6 +86,7 @@ def run_one(sc, args, resdir, all_captures):
         signal.alarm(args.timeout)
         c = cluster.Cluster(cfg, rundir)
         c.peer_args = sc.peer_args
+        c.agent_mode = sc.agents
         ck = scenarios.Check(c, rundir)
         ck.all_captures = list(all_captures)
         try:

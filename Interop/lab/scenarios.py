@@ -604,6 +604,207 @@ def tail(path, n=3000):
         return "(%s)" % e
 
 
+# ------------------------------------------------------------------ agent scenarios
+# The kernel nodes run `dlm-peer agent` (cluster.agent_up): the harness only plays the
+# application (dlmlc create/remove, the lock client) and the operator (config files, reload,
+# node-down); every configfs/sysfs write and every barrier is the agents'.
+def app_create(c, nid, ls=LS):
+    """The application's create in the background (the agent answers the online uevent)."""
+    c.kernel(nid).bg("dlmlc create %s" % ls, "/tmp/create-%s.log" % ls)
+
+
+def app_created(c, ck, nid, ls=LS, timeout=90):
+    line = c.kernel(nid).waitlog("/tmp/create-%s.log" % ls, "CREATE ls=", 1, timeout)
+    ck.require(re.search(r"rv=[0-9]+ ", line) is not None, "node%d: create of %s failed: %s" % (nid, ls, line))
+    return float(re.search(r"in ([0-9.]+) s", line).group(1))
+
+
+def app_remove(c, ck, nid, ls=LS, timeout=60):
+    """The application's remove (FORCEFREE); returns how long the write took."""
+    if (nid, ls) in c.agents:
+        c.agent_quit(nid, ls)
+    c.kernel(nid).bg("dlmlc remove %s" % ls, "/tmp/remove-%s.log" % ls)
+    line = c.kernel(nid).waitlog("/tmp/remove-%s.log" % ls, "REMOVE ls=", 1, timeout)
+    ck.require("rv=0" in line, "node%d: remove of %s failed: %s" % (nid, ls, line))
+    return float(re.search(r"write took ([0-9.]+) s", line).group(1))
+
+
+def sysfs(c, nid, what, ls=LS):
+    return c.kernel(nid).sh("cat /sys/kernel/dlm/%s/%s" % (ls, what)).strip()
+
+
+def configfs_members(c, nid, ls=LS):
+    out = c.kernel(nid).sh("ls /sys/kernel/config/dlm/cluster/spaces/%s/nodes 2>/dev/null || true" % ls)
+    return sorted(int(x) for x in out.split())
+
+
+def comms(c, nid):
+    return sorted(int(x) for x in c.kernel(nid).sh("ls /sys/kernel/config/dlm/cluster/comms").split())
+
+
+def check_running(c, ck, nid, members, ls=LS):
+    """sysfs id, configfs members and a finished recovery (recover_status ff on the low node,
+    55 elsewhere) on node `nid`."""
+    gid = cfgmod.global_id(ls)
+    ck.expect(sysfs(c, nid, "id") == str(gid), "node%d: sysfs id is %s, expected %d" % (nid, sysfs(c, nid, "id"), gid))
+    ck.expect(configfs_members(c, nid) == sorted(members), "node%d: configfs members %s, expected %s"
+              % (nid, configfs_members(c, nid), sorted(members)))
+    want = "ff" if nid == min(members) else "55"
+    end = time.time() + 30
+    st = sysfs(c, nid, "recover_status")
+    while st != want and time.time() < end:
+        time.sleep(0.3)
+        st = sysfs(c, nid, "recover_status")
+    ck.expect(st == want, "node%d: recover_status %s, expected %s (recovery with %s not finished)" % (nid, st, want, members))
+
+
+def agent_wait(c, nid, regex, count=1, timeout=60):
+    from .cluster import AGENT_LOG
+    return c.kernel(nid).waitlog(AGENT_LOG, regex, count, timeout)
+
+
+def agent_count(c, nid, regex):
+    from .cluster import AGENT_LOG
+    return int(c.kernel(nid).sh("grep -cE %s %s || true" % (shlex_quote(regex), AGENT_LOG)).strip() or 0)
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def sc_agent_basic(c, ck):
+    """Two kernels form alpha through their agents (G0, no barrier), lock, leave."""
+    n1, n2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    for n in (n1, n2):
+        ck.expect(comms(c, n) == sorted(x.id for x in c.cfg.nodes), "node%d: comms %s" % (n, comms(c, n)))
+    for n in (n1, n2):
+        app_create(c, n)
+    for n in (n1, n2):
+        ck.metric("create_node%d" % n, app_created(c, ck, n))
+        agent_wait(c, n, "alpha: START G0 members 1,2 \\(join\\)")
+    for n in (n1, n2):
+        check_running(c, ck, n, [n1, n2])
+    c.members[LS] = {n1, n2}
+    blocking_and_lvb(c, ck, n1, n2)
+    # node 2 leaves: its agent answers offline and proposes the change without it; node 1's
+    # agent stops, writes members [1] and starts (which lets node 2's FIN handshake finish)
+    t = app_remove(c, ck, n2)
+    ck.metric("remove_write_node%d" % n2, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait: the other agent did not restart without it?)" % (n2, t))
+    agent_wait(c, n1, "alpha: START G1\\.%d members %d( |$)" % (n2, n1))
+    check_running(c, ck, n1, [n1])
+    d = c.kernel(n1).sh("dmesg | grep 'dlm: %s:'" % LS)
+    ck.expect("remove member %d" % n2 in d, "node%d dmesg lacks 'remove member %d'" % (n1, n2))
+    ck.expect(configfs_members(c, n2) == [], "node%d: configfs spaces/alpha still has members after the leave" % n2)
+    ck.metric("remove_write_node%d" % n1, app_remove(c, ck, n1))
+    ck.expect(c.kernel(n1).sh("ls /sys/kernel/dlm").strip() == "", "node%d: lockspaces left" % n1)
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, n2, [n1], fin_limit=5.0)
+
+
+def sc_agent_change(c, ck):
+    """Three kernels; alpha = [1, 2]; a reload allows node 3, whose join is a barrier (checked
+    with node 2's agent frozen in the middle); node 3 leaves; it joins again and its VM is
+    powered off: `dlm-peer node-down 3` removes it."""
+    a, b, x = sorted(k.id for k in c.kernel_nodes)
+    for n in (a, b):
+        app_create(c, n)
+    for n in (a, b):
+        app_created(c, ck, n)
+    for n in (a, b):
+        check_running(c, ck, n, [a, b])
+    # a holds EX on res-c (mastered by a: it asks first)
+    c.agent_start(a, LS)
+    ev = c.agent(a, LS, "lock h res-c EX", wait="CAST h ")
+    ck.require(ev.get("status") == "OK", "node%d EX: %s" % (a, ev["line"]))
+    base = {n: recoveries_done(c, n) for n in (a, b)}
+
+    # --- the config now lets node 3 into alpha: reload everywhere; nobody stops yet
+    import copy
+    cfg2 = copy.deepcopy(c.cfg)
+    cfg2.lockspace(LS).members = [a, b, x]
+    text = cfgmod.to_toml(cfg2)
+    for k in c.kernel_nodes:
+        c.push_config(k, text)
+    for k in c.kernel_nodes:
+        c.agent_cli(k.id, "reload --node %d" % k.id)
+    time.sleep(1)
+    for n in (a, b):
+        ck.expect(agent_count(c, n, "alpha: (stopped|START) G[1-9]") == 0, "node%d: the reload alone changed alpha" % n)
+
+    # --- barrier under observation: node b's agent is frozen, node x creates alpha
+    pid_b = c.kernel(b).sh("pidof dlm-peer").split()[0]
+    c.kernel(b).sh("kill -STOP %s" % pid_b)
+    app_create(c, x)
+    agent_wait(c, a, "alpha: stopped for G")          # a stopped (control=0 returned) ...
+    time.sleep(2)
+    ck.expect(sysfs(c, a, "recover_status") == "0", "node%d should be stopped (recover_status 0)" % a)
+    ck.expect(sysfs(c, b, "recover_status") in ("ff", "55"), "node%d (agent frozen) should still run" % b)
+    ck.expect(recoveries_done(c, a) == base[a], "node%d started a recovery before node%d stopped" % (a, b))
+    ck.expect(agent_count(c, a, "alpha: START G[1-9]") == 0, "node%d started before every member stopped" % a)
+    ck.expect(agent_count(c, x, "alpha: START") == 0, "node%d started before every member stopped" % x)
+    create_x = c.kernel(x).sh("cat /tmp/create-%s.log" % LS)
+    ck.expect("CREATE" not in create_x, "node%d's create returned while the barrier was open" % x)
+    c.note("barrier held for 2 s with node%d's agent frozen: node%d stopped, node%d running, nobody started" % (b, a, b))
+    t0 = time.time()
+    c.kernel(b).sh("kill -CONT %s" % pid_b)
+    ck.metric("create_node%d" % x, app_created(c, ck, x))
+    ck.metric("join_after_thaw", round(time.time() - t0, 3))
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+        agent_wait(c, n, "alpha: START G[0-9]+\\.[0-9]+ members %d,%d,%d" % (a, b, x))
+    for n in (a, b):
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("add member %d" % x in d, "node%d dmesg lacks 'add member %d'" % (n, x))
+    # the lock a held survived; x waits for it and gets it after a's unlock
+    c.agent_start(x, LS)
+    c.agent(x, LS, "lock w res-c EX", wait="REQ w ")
+    c.agent_wait(a, LS, "BAST h ")
+    c.agent(a, LS, "unlock h", wait="CAST h ")
+    ev = c.agent_wait(x, LS, "CAST w ")
+    ck.expect(ev.get("status") == "OK", "node%d EX after node%d's unlock: %s" % (x, a, ev["line"]))
+    c.agent(x, LS, "unlock w", wait="CAST w ")
+
+    # --- x leaves (its agent answers offline and proposes alpha without it)
+    t = app_remove(c, ck, x)
+    ck.metric("remove_write_node%d" % x, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s" % (x, t))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d( |$)" % (x, a, b))
+        check_running(c, ck, n, [a, b])
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))
+
+    # --- x joins again, then its VM is powered off; node-down removes it
+    app_create(c, x)
+    app_created(c, ck, x)
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+    c.kernel(x).stop()
+    c.step("node%d powered off; `dlm-peer node-down %d` on node%d" % (x, x, a))
+    c.agent_cli(a, "node-down %d --node %d" % (x, a))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d( |$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after node-down" % (n, x))
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d' after node-down" % (n, x))
+    # the survivors still lock against each other
+    c.agent_start(b, LS)
+    c.agent(a, LS, "lock k res-after EX", wait="CAST k ")
+    ev = c.agent(b, LS, "lock nq res-after PR NOQUEUE", wait="CAST nq ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR vs node%d's EX after node-down: %s" % (b, a, ev["line"]))
+    c.agent(a, LS, "unlock k", wait="CAST k ")
+    st = c.agent_cli(a, "agent-status --node %d" % a)
+    c.trace("agent-status node%d:\n%s" % (a, st))
+    ck.expect("down: %d" % x in st, "agent-status on node%d should list node %d down: %s" % (a, x, st))
+    for n in (b, a):
+        app_remove(c, ck, n)
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -618,6 +819,7 @@ class Scenario:
     order: int = 0                 # decode runs last: it reads the others' captures
     kwargs: dict = field(default_factory=dict)
     peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
+    agents: bool = False           # the kernel nodes run `dlm-peer agent` as their cluster manager
 
     @property
     def config_path(self):
@@ -644,6 +846,12 @@ SCENARIOS = [
     Scenario("peer-locks", "lab-peer.toml", sc_peer_locks,
              "dlm-peer masters a resource kernels wait on (BAST, GRANT after its unlock) and is a directory node",
              default=True, peer_args={3: ["--lock", "alpha:res-peer:EX:3"]}),
+    Scenario("agent-basic", "lab-2node.toml", sc_agent_basic,
+             "dlm-peer agent as the kernels' CM: configfs, uevents, formation, locks, a leave coordinated by the agents",
+             agents=True),
+    Scenario("agent-change", "lab-agent-3node.toml", sc_agent_change,
+             "agents: a reload lets node 3 join (barrier checked with an agent frozen), it leaves, rejoins, "
+             "is powered off and removed with node-down", agents=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
