@@ -38,25 +38,26 @@ public final class AgentAdminServer: Sendable {
         channel.close().always { [path] _ in try? FileManager.default.removeItem(atPath: path) }
     }
 
+    @Sendable static func json(_ object: [String: any Sendable]) -> String {
+        (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
+            .map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+    }
+
     /// The answer to one request line (on the runtime's loop).
     static func answer(_ line: String, runtime: AgentRuntime) -> EventLoopFuture<String> {
         let words = line.split(separator: " ").map(String.init)
-        func json(_ object: [String: Any]) -> String {
-            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
-                .map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        }
         switch words.first {
         case "reload":
-            return runtime.reload().map { error in error.map { json(["error": $0]) } ?? json(["ok": true]) }
+            return runtime.reload().map { error in error.map { Self.json(["error": $0]) } ?? Self.json(["ok": true]) }
         case "node-down":
             guard words.count == 2, let id = AgentNodeID(words[1]) else {
-                return runtime.loop.makeSucceededFuture(json(["error": "usage: node-down ID"]))
+                return runtime.loop.makeSucceededFuture(Self.json(["error": "usage: node-down ID"]))
             }
             return runtime.loop.submit {
-                guard runtime.config.node(id) != nil else { return json(["error": "node \(id) is not in the config"]) }
-                guard id != runtime.me else { return json(["error": "node \(id) is this node: declare it down from another node"]) }
+                guard runtime.config.node(id) != nil else { return Self.json(["error": "node \(id) is not in the config"]) }
+                guard id != runtime.me else { return Self.json(["error": "node \(id) is this node: declare it down from another node"]) }
                 runtime.process(.nodeDownRequested(node: id))
-                return json(["ok": true])
+                return Self.json(["ok": true])
             }
         case "status":
             return runtime.status().map { status in
@@ -66,7 +67,7 @@ public final class AgentAdminServer: Sendable {
                 return (try? e.encode(status)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
             }
         default:
-            return runtime.loop.makeSucceededFuture(json(["error": "unknown request \(line.prefix(40)): use reload, node-down ID or status"]))
+            return runtime.loop.makeSucceededFuture(Self.json(["error": "unknown request \(line.prefix(40)): use reload, node-down ID or status"]))
         }
     }
 }

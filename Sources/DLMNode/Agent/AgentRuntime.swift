@@ -102,8 +102,12 @@ public final class AgentRuntime: @unchecked Sendable {
             let new: ClusterConfig
             do {
                 new = try ClusterConfig.load(path: path)
-            } catch {
+            } catch let error as ConfigError {
                 let text = error.diagnostics.isEmpty ? "\(error)" : error.diagnostics.map { "\($0)" }.joined(separator: "\n")
+                self.log(.error, "reload refused:\n\(text)")
+                return text
+            } catch {
+                let text = "\(error)"
                 self.log(.error, "reload refused:\n\(text)")
                 return text
             }
@@ -321,7 +325,7 @@ public final class AgentRuntime: @unchecked Sendable {
             env["DLM_FENCE_NODE"] = "\(node)"
             env["DLM_FENCE_ADDRESS"] = address
             p.environment = env
-            var ok = false
+            let ok: Bool
             do {
                 try p.run()
                 p.waitUntilExit()

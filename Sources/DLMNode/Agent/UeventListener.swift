@@ -42,11 +42,12 @@ public final class UeventListener: @unchecked Sendable {
         guard s >= 0 else {
             throw LocalControlError("uevent socket: \(String(cString: strerror(errno)))")
         }
-        var sa = sockaddr_nl()
-        sa.nl_family = sa_family_t(AF_NETLINK)
-        sa.nl_groups = 1
-        let rc = withUnsafePointer(to: &sa) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
+        // struct sockaddr_nl { sa_family_t nl_family; unsigned short nl_pad; __u32 nl_pid; __u32 nl_groups; }
+        var sa = [UInt8](repeating: 0, count: 12)
+        sa[0] = UInt8(AF_NETLINK & 0xff)
+        sa[8] = 1   // nl_groups = 1 (little endian)
+        let rc = sa.withUnsafeBytes {
+            bind(s, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t(12))
         }
         guard rc == 0 else {
             let e = String(cString: strerror(errno))
