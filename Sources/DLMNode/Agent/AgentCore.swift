@@ -259,7 +259,7 @@ public struct AgentCore: Sendable {
             state.evicted = false
             lockspaces[ls] = state
             out.append(.finishLeave(lockspace: ls))
-            if state.target.contains(me) {
+            if state.target.contains(me), state.target.members.count > 1 {
                 propose(ls, members: state.target.members.filter { $0.id != me }, renew: [], &out)
             }
         case .absent, .joining, .running, .stopped:

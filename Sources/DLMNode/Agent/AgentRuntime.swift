@@ -157,6 +157,7 @@ public final class AgentRuntime: @unchecked Sendable {
             send(message, to: to)
         case .stop(let ls):
             record("stop \(ls)")
+            logger.debug("\(ls): control=0")
             local(ls, "stop") { try await $0.stop(ls) } done: { .stopDone(lockspace: ls) }
         case .start(let plan):
             record("start \(plan.lockspace) \(plan.change) members \(plan.members.map(\.description).joined(separator: ","))"
@@ -168,6 +169,7 @@ public final class AgentRuntime: @unchecked Sendable {
             local(plan.lockspace, "start") { try await $0.start(plan) } done: { nil }
         case .finishLeave(let ls):
             record("leave \(ls)")
+            log(.info, "\(ls): LEAVE (configfs members removed, event_done 0)")
             local(ls, "leave") { try await $0.finishLeave(ls) } done: { nil }
         case .refuseJoin(let ls, let errno, let reason):
             record("refuse \(ls)")
