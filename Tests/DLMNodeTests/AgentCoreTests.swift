@@ -78,8 +78,9 @@ struct AgentSim {
             pending.append(Pending(to: node, event: .stopDone(lockspace: l)))
         case .start(let plan):
             for m in plan.members {
-                switch kernel[m] ?? .absent {
+                switch kernel[m.id] ?? .absent {
                 case .stopped: break
+                case .absent where plan.change == .formation: break   // stopped by construction
                 case .running(let c) where c == plan.change: break
                 case .running(let c): violations.append("node \(node) starts \(plan.change) while member \(m) runs \(c)")
                 case .absent: violations.append("node \(node) starts \(plan.change) while member \(m) has no lockspace")
@@ -304,10 +305,10 @@ struct AgentCoreTests {
         // G1 without 2 arrives, then G2 with a renewed 2, before node 1 started G1
         let g1 = MembershipChange(id: ChangeID(seq: 1, origin: 2), members: [AgentMember(id: 1)])
         _ = core.handle(.received(.change(lockspace: "alpha", change: g1), from: 2))
-        _ = core.handle(.stopDone(lockspace: "alpha"))
         let g2 = MembershipChange(id: ChangeID(seq: 2, origin: 2), members: [AgentMember(id: 1), AgentMember(id: 2)], renew: [2])
         _ = core.handle(.received(.change(lockspace: "alpha", change: g2), from: 2))
-        let out = core.handle(.received(.stopped(lockspace: "alpha", node: 2, change: g2), from: 2))
+        _ = core.handle(.received(.stopped(lockspace: "alpha", node: 2, change: g2), from: 2))
+        let out = core.handle(.stopDone(lockspace: "alpha"))
         let plan = out.compactMap { if case .start(let p) = $0 { return p }; return nil }.first
         #expect(plan?.change == g2.id)
         #expect(plan?.renew == [2])

@@ -135,7 +135,6 @@ struct AgentLoopbackTests {
     func lifecycle() async throws {
         let port = Int.random(in: 30000...60000)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
         let kernels = FakeKernels()
         var logger = Logger(label: "agent-test")
         logger.logLevel = .warning
@@ -194,13 +193,13 @@ struct AgentLoopbackTests {
         let status = try await agents[1]!.status().get()
         #expect(status.down == [2])
         for r in agents.values { try? await r.shutdown().get() }
+        try? await group.shutdownGracefully()
     }
 
     @Test("an incoming connection that claims another node's id is dropped")
     func impostor() async throws {
         let port = Int.random(in: 30000...60000)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { try? group.syncShutdownGracefully() }
         let kernels = FakeKernels()
         var logger = Logger(label: "agent-test")
         logger.logLevel = .critical
@@ -218,5 +217,6 @@ struct AgentLoopbackTests {
         let status = try await r.status().get()
         #expect(!status.synced.contains(2))
         try await r.shutdown().get()
+        try? await group.shutdownGracefully()
     }
 }

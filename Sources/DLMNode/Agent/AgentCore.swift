@@ -54,6 +54,9 @@ public struct AgentCore: Sendable {
         public var joinPending = false
         /// Removed from the membership while the lockspace still existed here.
         public var evicted = false
+        /// This node left (answered `offline`) and has not come online again: a newer change
+        /// that still lists it (proposed concurrently) gets a new proposal without it.
+        public var left = false
 
         init(name: String, globalID: UInt32, target: MembershipChange) {
             self.name = name
@@ -188,6 +191,7 @@ public struct AgentCore: Sendable {
         }
         state.local = .joining
         state.evicted = false
+        state.left = false
         state.joinPending = true
         state.announced = nil
         lockspaces[ls] = state
@@ -257,6 +261,7 @@ public struct AgentCore: Sendable {
             state.announced = nil
             state.joinPending = false
             state.evicted = false
+            state.left = true
             lockspaces[ls] = state
             out.append(.finishLeave(lockspace: ls))
             if state.target.contains(me), state.target.members.count > 1 {
@@ -315,8 +320,21 @@ public struct AgentCore: Sendable {
         guard var state = lockspaces[ls] else { return }
         let t = state.target
         let member = t.contains(me)
+        // a concurrent change that still lists a failed node: the lowest live member removes it
+        let failed = t.memberIDs.intersection(down)
+        if !failed.isEmpty, t.memberIDs.subtracting(down).min() == me {
+            out.append(.log(.warning, "\(ls): \(t) lists failed node(s) \(sortedList(failed)): proposing it without them"))
+            propose(ls, members: t.members.filter { !down.contains($0.id) }, renew: [], &out)
+            return
+        }
         switch state.local {
-        case .absent, .leaving, .stopping:
+        case .absent:
+            if state.left, member, t.members.count > 1 {
+                // our leave lost against a concurrent change: leave again
+                propose(ls, members: t.members.filter { $0.id != me }, renew: [], &out)
+            }
+            return
+        case .leaving, .stopping:
             return
         case .running:
             guard state.started?.id != t.id else { return }

@@ -335,7 +335,13 @@ public final class AgentRuntime: @unchecked Sendable {
             } catch {
                 ok = false
             }
-            loop.execute { self.process(.fenceDone(node: node, success: ok)) }
+            loop.execute {
+                self.process(.fenceDone(node: node, success: ok))
+                if !ok {
+                    // still silent in 5 s: the next heartbeat check fences again
+                    self.loop.scheduleTask(in: .seconds(5)) { self.silentReported.remove(node) }
+                }
+            }
         }.start()
     }
 

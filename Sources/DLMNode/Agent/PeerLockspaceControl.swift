@@ -27,6 +27,9 @@ public struct PeerLockspaceControl: LocalLockspaceControl {
     }
 
     public func start(_ plan: StartPlan) async throws {
+        // `dlm-peer run` joins its lockspaces with the config's member list when it starts:
+        // that is the formation G0 already
+        if plan.change == .formation { return }
         try await request("ls-start \(plan.lockspace) " + plan.members.map { "\($0.id):\($0.weight)" }.joined(separator: " "))
     }
 
