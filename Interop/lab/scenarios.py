@@ -687,12 +687,12 @@ def sc_agent_basic(c, ck):
         check_running(c, ck, n, [n1, n2])
     c.members[LS] = {n1, n2}
     blocking_and_lvb(c, ck, n1, n2)
-    # node 2 leaves: its agent answers offline and proposes the change without it; node 1's
-    # agent stops, writes members [1] and starts (which lets node 2's FIN handshake finish)
+    # node 2 leaves: its agent answers offline and says so; node 1's agent (the coordinator)
+    # proposes [1], stops, writes members [1] and starts (which lets node 2's FIN handshake finish)
     t = app_remove(c, ck, n2)
     ck.metric("remove_write_node%d" % n2, t)
     ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait: the other agent did not restart without it?)" % (n2, t))
-    agent_wait(c, n1, "alpha: START G1\\.%d members %d([^,0-9]|$)" % (n2, n1))
+    agent_wait(c, n1, "alpha: START G1\\.%d members %d([^,0-9]|$)" % (n1, n1))
     check_running(c, ck, n1, [n1])
     d = c.kernel(n1).sh("dmesg | grep 'dlm: %s:'" % LS)
     ck.expect("remove member %d" % n2 in d, "node%d dmesg lacks 'remove member %d'" % (n1, n2))
@@ -768,12 +768,12 @@ def sc_agent_change(c, ck):
     ck.expect(ev.get("status") == "OK", "node%d EX after node%d's unlock: %s" % (x, a, ev["line"]))
     c.agent(x, LS, "unlock w", wait="CAST w ")
 
-    # --- x leaves (its agent answers offline and proposes alpha without it)
+    # --- x leaves (its agent answers offline; the coordinator, node 1, proposes alpha without it)
     t = app_remove(c, ck, x)
     ck.metric("remove_write_node%d" % x, t)
     ck.expect(t < 5.0, "node%d: removing alpha took %.3f s" % (x, t))
     for n in (a, b):
-        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (x, a, b))
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
         check_running(c, ck, n, [a, b])
         d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
         ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))

@@ -86,6 +86,14 @@ struct AgentSim {
                 case .absent: violations.append("node \(node) starts \(plan.change) while member \(m) has no lockspace")
                 }
             }
+            // a node outside the new membership must not still run an older one with our members
+            for (n, k) in kernel where !plan.members.contains(where: { $0.id == n }) {
+                if case .running(let c) = k, c != plan.change,
+                   let theirs = starts.last(where: { $0.plan.change == c }),
+                   theirs.plan.members.contains(where: { m in plan.members.contains { $0.id == m.id } }) {
+                    violations.append("node \(node) starts \(plan.change) while non-member \(n) still runs \(c)")
+                }
+            }
             if let other = starts.last(where: { $0.plan.change == plan.change }), other.plan.members != plan.members {
                 violations.append("\(plan.change) started with \(plan.members) on \(node) but \(other.plan.members) on \(other.node)")
             }
@@ -134,13 +142,15 @@ struct AgentCoreTests {
     func formation() {
         var sim = AgentSim(nodes: [1, 2, 3], members: [1, 2, 3])
         sim.feed(1, .online(lockspace: "alpha"))
-        #expect(sim.pending.isEmpty)
+        // only its intent goes out (no change, no stopped)
+        #expect(sim.pending.allSatisfy { if case .received(.intent, _) = $0.event { return true }; return false })
         #expect(sim.starts.count == 1)
         #expect(sim.starts[0].plan.change == .formation)
         #expect(sim.starts[0].plan.joining)
         #expect(sim.starts[0].plan.members.map(\.id) == [1, 2, 3])
         sim.feed(2, .online(lockspace: "alpha"))
         sim.feed(3, .online(lockspace: "alpha"))
+        sim.run()
         #expect(sim.starts.count == 3)
         #expect(sim.stops.isEmpty)
         for n: AgentNodeID in [1, 2, 3] { #expect(sim.local(n) == .running) }
@@ -223,8 +233,9 @@ struct AgentCoreTests {
     func memberDiesMidChange(seed: Int) {
         var sim = Self.formedWithJoiner(seed: UInt64(seed))
         sim.feed(3, .online(lockspace: "alpha"))
-        // node 2 dies before it has done anything for the join
+        // node 2 dies (powered off) before it has done anything for the join
         sim.dead.insert(2)
+        sim.kernel[2] = .absent
         sim.run()
         #expect(sim.local(1) == .stopped, "node 1 waits for node 2's stopped")
         #expect(sim.local(3) == .joining)
@@ -276,17 +287,21 @@ struct AgentCoreTests {
         #expect(final.members.map(\.id) == [1, 2, 3, 4])
     }
 
-    @Test("a node that crashed and comes back is renewed in configfs on the members that still had it")
-    func renewAfterCrash() {
+    @Test("a node whose agent restarted is removed (its old instance is gone) and added again when it comes online")
+    func restartedNode() {
         var sim = AgentSim(nodes: [1, 2, 3], members: [1, 2, 3])
         for n: AgentNodeID in [1, 2, 3] { sim.feed(n, .online(lockspace: "alpha")) }
         // node 3 crashes; nobody declares it down; its new incarnation says hello
         sim.cores[3] = AgentCore(me: 3, incarnation: 99)
         sim.kernel[3] = .absent
         sim.feed(3, .configLoaded(lockspaces: [AgentSim.conf([1, 2, 3])], nodes: [1, 2, 3]))
-        for b: AgentNodeID in [1, 2] { sim.feed(3, .connected(node: b)) }
+        for b: AgentNodeID in [1, 2] {
+            sim.feed(3, .connected(node: b))
+            sim.feed(b, .connected(node: 3))
+        }
         sim.run()
-        // the lowest survivor removed the old incarnation
+        // the coordinator removed the old incarnation
+        #expect(sim.violations.isEmpty, "\(sim.violations)")
         #expect(sim.members(1) == [1, 2])
         #expect(sim.members(2) == [1, 2])
         sim.feed(3, .online(lockspace: "alpha"))
@@ -345,6 +360,7 @@ struct AgentCoreTests {
         var fenced = AgentSim(nodes: [1, 2, 3], members: [1, 2, 3], canFence: true)
         for n: AgentNodeID in [1, 2, 3] { fenced.feed(n, .online(lockspace: "alpha")) }
         fenced.dead.insert(3)
+        fenced.kernel[3] = .absent
         fenced.feed(2, .heartbeatTimeout(node: 3))
         #expect(fenced.fences.isEmpty, "only the lowest live node fences")
         fenced.feed(1, .heartbeatTimeout(node: 3))
@@ -374,7 +390,7 @@ struct AgentCoreTests {
     @Test("stopped(G+1) arriving before change(G+1) is kept and counted")
     func earlyStopped() {
         var core = AgentCore(me: 1, incarnation: 1)
-        _ = core.handle(.configLoaded(lockspaces: [AgentSim.conf([1, 2])], nodes: [1, 2, 3]))
+        _ = core.handle(.configLoaded(lockspaces: [AgentSim.conf([1, 2, 3])], nodes: [1, 2, 3]))
         _ = core.handle(.received(.hello(node: 2, incarnation: 2, lockspaces: []), from: 2))
         _ = core.handle(.received(.hello(node: 3, incarnation: 3, lockspaces: []), from: 3))
         _ = core.handle(.online(lockspace: "alpha"))

@@ -30,6 +30,7 @@ final class RecordingFS: ControlFS {
             if path.hasSuffix("/cluster") {   // configfs makes the default groups
                 s.dirs.formUnion([path + "/comms", path + "/spaces"])
             }
+            if parent.hasSuffix("/spaces") { s.dirs.insert(path + "/nodes") }
             s.ops.append("mkdir \(path)")
         }
     }
@@ -38,6 +39,9 @@ final class RecordingFS: ControlFS {
         try state.withLockedValue { s in
             guard s.dirs.contains(path) else { return }
             if path.hasSuffix("/cluster") { s.dirs.subtract([path + "/comms", path + "/spaces"]) }
+            if path.dropLast(path.count - (path.lastIndex(of: "/").map { path.distance(from: path.startIndex, to: $0) } ?? 0)).hasSuffix("/spaces") {
+                s.dirs.remove(path + "/nodes")
+            }
             guard !s.dirs.contains(where: { $0.hasPrefix(path + "/") }) else { throw LocalControlError("rmdir \(path): not empty") }
             s.dirs.remove(path)
             s.ops.append("rmdir \(path)")

@@ -6,20 +6,26 @@
 /// * **Formation** (G0): the config's member list. A node whose lockspace comes online while
 ///   L is still at G0 writes the full list and starts at once, without a barrier: every
 ///   member is stopped by construction and the kernels' recovery waits for all of them.
-/// * **Later changes** are proposed by one agent and broadcast (`change`), numbered
-///   (seq, origin): a joining node (its `online` after formation) proposes M ∪ {itself}; a
-///   leaving node (its `offline`) proposes M − {itself}; `node-down F` (or a fenced heartbeat
-///   timeout) proposes M − {F}; a config reload that removes a member proposes M − {it}
-///   (members a reload adds join by themselves when their lockspace comes online).
-/// * **Barrier**: for the newest change T every member of T that runs L stops (`control`=0,
-///   synchronous) and then announces `stopped(L, T)`; a joining node is stopped from birth and
-///   announces at once. An agent that has `stopped(L, T)` from every member of T writes T into
-///   configfs (renewing members that were removed and came back since its last start) and
-///   starts. A newer change before the start simply replaces T (everyone stopped stays stopped
-///   and announces again); a newer change after the start stops again.
-/// * A node is only ever removed because it left, was declared down (`node-down`, or a
-///   heartbeat timeout with a successful fence), or a reload dropped it; a node removed while
-///   it still runs L is stopped and stays stopped (it must remove and recreate L to rejoin).
+/// * **Intents**: every agent broadcasts its own intent per lockspace: `member` true when its
+///   lockspace came online (join), false when it left (`offline`).
+/// * **One coordinator proposes** every later change: the lowest node that is not down among
+///   this agent and the agents it has heard from. It folds the facts into the membership:
+///   M' = (M ∪ nodes that want in) − nodes that left − nodes declared down − nodes the config
+///   no longer lists, and broadcasts `change` (G+1). A single proposer means no update is lost;
+///   if two agents coordinate at once (they disagree on who is alive) the higher (seq, origin)
+///   wins everywhere and the coordinator re-proposes from there.
+/// * **Barrier**: for the newest change T, every node that has the lockspace stops
+///   (`control`=0, synchronous) and then broadcasts `stopped(L, T)`; a joining node is stopped
+///   from birth; a node without the lockspace announces at once unless T lists it. An agent
+///   starts T (configfs members with renew, `control`=1, `event_done`=0 when joining) once it
+///   has `stopped(L, T)` from every member of T **and** from every node of the memberships it
+///   has seen since its last start (a node a newer change drops may still be running an older
+///   one), leaving out nodes declared down. A newer change before the start replaces T;
+///   after the start it stops again.
+/// * A node is only removed because it left, was declared down (`node-down`, or a heartbeat
+///   timeout with a successful fence), its agent restarted (so its old instance is gone), or a
+///   reload dropped it; a node dropped while it still runs L is stopped and stays stopped (it
+///   must remove and recreate L to rejoin).
 public struct AgentCore: Sendable {
     public enum Local: String, Hashable, Sendable, Codable {
         /// No local lockspace.
@@ -48,20 +54,23 @@ public struct AgentCore: Sendable {
         public var stoppedFrom: [ChangeID: Set<AgentNodeID>] = [:]
         /// The change we announced stopped for.
         public var announced: ChangeID?
+        /// Members of every membership seen since our last start: they must all be stopped
+        /// (or down) before we start.
+        public var sinceStart: Set<AgentNodeID> = []
         /// Members removed (or renewed) since our last start: re-added ones need a renew.
         public var removedSinceStart: Set<AgentNodeID> = []
+        /// Each node's intent (true: wants in, false: left; none: never said).
+        public var intents: [AgentNodeID: Bool] = [:]
         /// An `online` waiting until the agents of all members have said hello.
         public var joinPending = false
         /// Removed from the membership while the lockspace still existed here.
         public var evicted = false
-        /// This node left (answered `offline`) and has not come online again: a newer change
-        /// that still lists it (proposed concurrently) gets a new proposal without it.
-        public var left = false
 
         init(name: String, globalID: UInt32, target: MembershipChange) {
             self.name = name
             self.globalID = globalID
             self.target = target
+            self.sinceStart = target.memberIDs
         }
     }
 
@@ -88,8 +97,13 @@ public struct AgentCore: Sendable {
     public var hello: AgentMessage {
         .hello(node: me, incarnation: incarnation, lockspaces: lockspaces.keys.sorted().map { name in
             let s = lockspaces[name]!
-            return LockspaceReport(name: name, target: s.target, started: s.started?.id)
+            return LockspaceReport(name: name, target: s.target, started: s.started?.id, member: s.intents[me])
         })
+    }
+
+    /// The agent that proposes changes, in this agent's view.
+    public var coordinator: AgentNodeID? {
+        Set(nodes).intersection(synced.union([me])).subtracting(down).min()
     }
 
     // MARK: Events
@@ -114,7 +128,7 @@ public struct AgentCore: Sendable {
             // what it may have missed while we were not connected
             for name in lockspaces.keys.sorted() {
                 let s = lockspaces[name]!
-                if s.announced == s.target.id, s.target.contains(node) {
+                if s.announced == s.target.id {
                     out.append(.send(.stopped(lockspace: name, node: me, change: s.target), to: node))
                 }
             }
@@ -136,12 +150,17 @@ public struct AgentCore: Sendable {
         return out
     }
 
+    private func broadcast(_ message: AgentMessage, _ out: inout [AgentAction], except: AgentNodeID? = nil) {
+        for n in nodes where n != me && n != except && !down.contains(n) {
+            out.append(.send(message, to: n))
+        }
+    }
+
     // MARK: Config
 
     private mutating func configLoaded(_ list: [ConfiguredLockspace], nodes newNodes: [AgentNodeID],
                                        _ out: inout [AgentAction]) {
         let first = configured.isEmpty && lockspaces.isEmpty
-        let old = configured
         if !first {
             for n in Set(newNodes).subtracting(nodes).sorted() where n != me {
                 out.append(.addComm(node: n))
@@ -151,29 +170,23 @@ public struct AgentCore: Sendable {
             }
         }
         nodes = newNodes.sorted()
+        let old = configured
         configured = Dictionary(list.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for ls in list {
-            guard var state = lockspaces[ls.name] else {
+            if var state = lockspaces[ls.name] {
+                // G0 is never rewritten: other nodes may have started it already
+                state.globalID = ls.globalID
+                lockspaces[ls.name] = state
+            } else {
                 lockspaces[ls.name] = LockspaceState(
                     name: ls.name, globalID: ls.globalID,
                     target: MembershipChange(id: .formation, members: ls.members))
-                continue
-            }
-            // G0 is never rewritten: other nodes may have started it already (a node the
-            // reload adds joins with a change of its own).
-            state.globalID = ls.globalID
-            lockspaces[ls.name] = state
-            let before = Set(old[ls.name]?.members.map(\.id) ?? [])
-            let removed = before.subtracting(ls.members.map(\.id))
-            let drop = state.target.memberIDs.intersection(removed)
-            if !drop.isEmpty {
-                out.append(.log(.info, "\(ls.name): the config removes \(sortedList(drop))"))
-                propose(ls.name, members: state.target.members.filter { !drop.contains($0.id) }, renew: [], &out)
             }
         }
         for name in Set(old.keys).subtracting(configured.keys) {
             out.append(.log(.warning, "\(name): no longer in the config; its membership is kept as it is"))
         }
+        coordinateAll(&out)
     }
 
     // MARK: Local lockspace
@@ -191,9 +204,9 @@ public struct AgentCore: Sendable {
         }
         state.local = .joining
         state.evicted = false
-        state.left = false
         state.joinPending = true
         state.announced = nil
+        state.intents[me] = true
         lockspaces[ls] = state
         out.append(.log(.info, "\(ls): online (joining)"))
         tryJoin(ls, &out)
@@ -213,16 +226,17 @@ public struct AgentCore: Sendable {
             return
         }
         state.joinPending = false
+        // what must be stopped before our first start: the current members
+        state.sinceStart = state.target.memberIDs
         lockspaces[ls] = state
+        broadcast(.intent(lockspace: ls, node: me, member: true), &out)
         if state.target.id == .formation, state.target.contains(me) {
             out.append(.log(.info, "\(ls): formation \(state.target): start without a barrier"))
             start(ls, &out)
             return
         }
-        let weight = configured[ls]?.members.first { $0.id == me }?.weight ?? 1
-        var members = state.target.members.filter { $0.id != me }
-        members.append(AgentMember(id: me, weight: weight))
-        propose(ls, members: members, renew: state.target.contains(me) ? [me] : [], &out)
+        coordinate(ls, &out)
+        progress(ls, &out)
     }
 
     private mutating func offline(_ ls: String, _ out: inout [AgentAction]) {
@@ -261,12 +275,12 @@ public struct AgentCore: Sendable {
             state.announced = nil
             state.joinPending = false
             state.evicted = false
-            state.left = true
+            state.intents[me] = false
             lockspaces[ls] = state
             out.append(.finishLeave(lockspace: ls))
-            if state.target.contains(me), state.target.members.count > 1 {
-                propose(ls, members: state.target.members.filter { $0.id != me }, renew: [], &out)
-            }
+            broadcast(.intent(lockspace: ls, node: me, member: false), &out)
+            coordinate(ls, &out)
+            progress(ls, &out)
         case .absent, .joining, .running, .stopped:
             break
         }
@@ -282,24 +296,36 @@ public struct AgentCore: Sendable {
             lockspaces[ls] = state
             progress(ls, &out)
         case .leaving:
-            lockspaces[ls] = state
             stopDone(ls, &out)
         case .absent, .joining, .running, .stopped:
             break
         }
     }
 
-    // MARK: Changes and the barrier
+    // MARK: Coordination
 
-    private mutating func propose(_ ls: String, members: [AgentMember], renew: [AgentNodeID],
-                                  _ out: inout [AgentAction]) {
+    private mutating func coordinateAll(_ out: inout [AgentAction]) {
+        for name in lockspaces.keys.sorted() { coordinate(name, &out) }
+    }
+
+    /// The coordinator folds intents, failures and the config into a new change.
+    private mutating func coordinate(_ ls: String, _ out: inout [AgentAction]) {
+        guard coordinator == me, let state = lockspaces[ls], let conf = configured[ls] else { return }
+        let weights = Dictionary(conf.members.map { ($0.id, $0.weight) }, uniquingKeysWith: { a, _ in a })
+        var desired = Set(state.target.memberIDs.filter { state.intents[$0] != false })
+        for (n, wants) in state.intents where wants { desired.insert(n) }
+        desired = desired.subtracting(down).filter { weights[$0] != nil }
+        guard desired != state.target.memberIDs, !desired.isEmpty else { return }
+        let members = desired.sorted().map { AgentMember(id: $0, weight: weights[$0] ?? 1) }
+        propose(ls, members: members, &out)
+    }
+
+    private mutating func propose(_ ls: String, members: [AgentMember], _ out: inout [AgentAction]) {
         guard let state = lockspaces[ls] else { return }
         let seq = max(state.target.id.seq, state.stoppedFrom.keys.map(\.seq).max() ?? 0) + 1
-        let change = MembershipChange(id: ChangeID(seq: seq, origin: me), members: members, renew: renew)
+        let change = MembershipChange(id: ChangeID(seq: seq, origin: me), members: members)
         out.append(.log(.info, "\(ls): proposing \(change)"))
-        for n in nodes where n != me && !down.contains(n) {
-            out.append(.send(.change(lockspace: ls, change: change), to: n))
-        }
+        broadcast(.change(lockspace: ls, change: change), &out)
         adopt(ls, change, &out)
     }
 
@@ -308,11 +334,15 @@ public struct AgentCore: Sendable {
         let old = state.target
         state.removedSinceStart.formUnion(old.memberIDs.subtracting(change.memberIDs))
         state.removedSinceStart.formUnion(change.renew)
+        state.sinceStart.formUnion(old.memberIDs)
+        state.sinceStart.formUnion(change.memberIDs)
         state.target = change
         state.stoppedFrom = state.stoppedFrom.filter { $0.key >= change.id }
         lockspaces[ls] = state
         out.append(.log(.info, "\(ls): change \(change) (was \(old))"))
         progress(ls, &out)
+        // a change from another coordinator may have missed something we know
+        coordinate(ls, &out)
     }
 
     /// Moves the local side towards the target: stop, announce, start when the barrier is full.
@@ -320,22 +350,12 @@ public struct AgentCore: Sendable {
         guard var state = lockspaces[ls] else { return }
         let t = state.target
         let member = t.contains(me)
-        // a concurrent change that still lists a failed node: the lowest live member removes it
-        let failed = t.memberIDs.intersection(down)
-        if !failed.isEmpty, t.memberIDs.subtracting(down).min() == me {
-            out.append(.log(.warning, "\(ls): \(t) lists failed node(s) \(sortedList(failed)): proposing it without them"))
-            propose(ls, members: t.members.filter { !down.contains($0.id) }, renew: [], &out)
-            return
-        }
         switch state.local {
-        case .absent:
-            if state.left, member, t.members.count > 1 {
-                // our leave lost against a concurrent change: leave again
-                propose(ls, members: t.members.filter { $0.id != me }, renew: [], &out)
-            }
-            return
         case .leaving, .stopping:
             return
+        case .absent:
+            // nothing runs here: stopped for any change that does not list us
+            if member { return }
         case .running:
             guard state.started?.id != t.id else { return }
             state.local = .stopping
@@ -347,23 +367,14 @@ public struct AgentCore: Sendable {
             out.append(.stop(lockspace: ls))
             return
         case .joining:
-            if state.joinPending { return }
-            if !member {
-                // our join lost against a concurrent change: ask again
-                let weight = configured[ls]?.members.first { $0.id == me }?.weight ?? 1
-                propose(ls, members: t.members + [AgentMember(id: me, weight: weight)], renew: [], &out)
-                return
-            }
+            if state.joinPending || !member { return }   // the coordinator adds us
         case .stopped:
-            if !member {
-                if !state.evicted {
-                    state.evicted = true
-                    lockspaces[ls] = state
-                    out.append(.log(.error, "\(ls): this node was removed by \(t) while it has the lockspace: it stays stopped"))
-                }
-                return
+            if !member, !state.evicted {
+                state.evicted = true
+                lockspaces[ls] = state
+                out.append(.log(.error, "\(ls): this node was removed by \(t) while it has the lockspace: it stays stopped"))
             }
-            if state.evicted {
+            if member, state.evicted {
                 out.append(.log(.error, "\(ls): \(t) includes this node, but it was removed earlier and still has its old lockspace: not taking part (remove and recreate the lockspace)"))
                 return
             }
@@ -372,17 +383,23 @@ public struct AgentCore: Sendable {
             state.announced = t.id
             state.stoppedFrom[t.id, default: []].insert(me)
             lockspaces[ls] = state
-            for n in t.members.map(\.id) where n != me {
-                out.append(.send(.stopped(lockspace: ls, node: me, change: t), to: n))
-            }
+            broadcast(.stopped(lockspace: ls, node: me, change: t), &out)
         }
         checkBarrier(ls, &out)
+    }
+
+    /// Who must have announced stopped(L, T) before this node starts T.
+    public func required(_ state: LockspaceState) -> Set<AgentNodeID> {
+        state.target.memberIDs.union(state.sinceStart).subtracting(down)
     }
 
     private mutating func checkBarrier(_ ls: String, _ out: inout [AgentAction]) {
         guard let state = lockspaces[ls] else { return }
         let t = state.target
-        guard state.announced == t.id, t.memberIDs.isSubset(of: state.stoppedFrom[t.id] ?? []) else { return }
+        // a change that lists a failed node is replaced by the coordinator's next one
+        guard t.contains(me), t.memberIDs.isDisjoint(with: down),
+              state.local == .joining || state.local == .stopped, !state.evicted,
+              state.announced == t.id, required(state).isSubset(of: state.stoppedFrom[t.id] ?? []) else { return }
         out.append(.log(.info, "\(ls): every member of \(t) is stopped: starting"))
         start(ls, &out)
     }
@@ -398,6 +415,7 @@ public struct AgentCore: Sendable {
         state.local = .running
         state.started = t
         state.removedSinceStart = []
+        state.sinceStart = t.memberIDs
         state.announced = nil
         state.stoppedFrom = state.stoppedFrom.filter { $0.key > t.id }
         lockspaces[ls] = state
@@ -422,9 +440,16 @@ public struct AgentCore: Sendable {
                 restarted(node, &out)
             }
             for r in reports {
+                guard lockspaces[r.name] != nil else { continue }
+                if let m = r.member { lockspaces[r.name]!.intents[node] = m }
                 if let t = r.target { adoptIfKnown(r.name, t, &out) }
             }
             for name in lockspaces.keys.sorted() { tryJoin(name, &out) }
+            coordinateAll(&out)
+        case .intent(let ls, let node, let member):
+            guard node == from, lockspaces[ls] != nil else { return }
+            lockspaces[ls]!.intents[node] = member
+            coordinate(ls, &out)
         case .change(let ls, let change):
             adoptIfKnown(ls, change, &out)
         case .stopped(let ls, let node, let change):
@@ -454,18 +479,14 @@ public struct AgentCore: Sendable {
     }
 
     /// A new incarnation of `node`'s agent: its old one is gone (an agent refuses to start while
-    /// its node has lockspaces), so its old lockspace instances are dead. Its comms are renewed,
-    /// and the lowest other member removes it from lockspaces it still belongs to.
+    /// its node has lockspaces), so are its old lockspace instances: its comms are renewed and
+    /// it counts as having left every lockspace until it says otherwise.
     private mutating func restarted(_ node: AgentNodeID, _ out: inout [AgentAction]) {
         out.append(.log(.warning, "node \(node) restarted (new agent incarnation)"))
         out.append(.removeComm(node: node))
         out.append(.addComm(node: node))
         for name in lockspaces.keys.sorted() {
-            let state = lockspaces[name]!
-            guard state.target.contains(node), state.target.id != .formation || state.started != nil else { continue }
-            let others = state.target.memberIDs.subtracting([node]).subtracting(down)
-            guard others.min() == me else { continue }
-            propose(name, members: state.target.members.filter { $0.id != node }, renew: [], &out)
+            lockspaces[name]!.intents[node] = false
         }
     }
 
@@ -480,25 +501,22 @@ public struct AgentCore: Sendable {
             out.append(.log(.error, "node-down \(node): no such node in the config"))
             return
         }
-        for n in nodes where n != me && n != node {
-            out.append(.send(.nodeDown(node: node, by: me), to: n))
-        }
+        broadcast(.nodeDown(node: node, by: me), &out, except: node)
         markDown(node, by: me, &out)
-        for name in lockspaces.keys.sorted() {
-            let state = lockspaces[name]!
-            guard state.target.contains(node) else { continue }
-            propose(name, members: state.target.members.filter { $0.id != node }, renew: [], &out)
-        }
     }
 
     private mutating func markDown(_ node: AgentNodeID, by: AgentNodeID, _ out: inout [AgentAction]) {
         guard !down.contains(node) else { return }
         down.insert(node)
         synced.remove(node)
+        for name in lockspaces.keys.sorted() { lockspaces[name]!.intents[node] = nil }
         out.append(.log(.warning, "node \(node) is down (declared by node \(by))"))
         out.append(.removeComm(node: node))
-        // joins waiting for its agent no longer do
-        for name in lockspaces.keys.sorted() { tryJoin(name, &out) }
+        for name in lockspaces.keys.sorted() {
+            tryJoin(name, &out)       // joins waiting for its agent no longer do
+            coordinate(name, &out)
+            checkBarrier(name, &out)  // it no longer has to be stopped
+        }
     }
 
     private mutating func heartbeatTimeout(_ node: AgentNodeID, _ out: inout [AgentAction]) {

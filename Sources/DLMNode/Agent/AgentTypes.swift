@@ -91,11 +91,15 @@ public struct LockspaceReport: Hashable, Sendable, Codable {
     public var name: String
     public var target: MembershipChange?
     public var started: ChangeID?
+    /// The sender's own intent: true = it has the lockspace and wants to be a member, false =
+    /// it left, nil = it never had it (since its agent started).
+    public var member: Bool?
 
-    public init(name: String, target: MembershipChange?, started: ChangeID?) {
+    public init(name: String, target: MembershipChange?, started: ChangeID?, member: Bool? = nil) {
         self.name = name
         self.target = target
         self.started = started
+        self.member = member
     }
 }
 
@@ -104,7 +108,9 @@ public enum AgentMessage: Hashable, Sendable, Codable {
     /// First message on a connection: who is talking, which incarnation (random per start),
     /// and its newest known change per lockspace (a restarted agent learns the current ones).
     case hello(node: AgentNodeID, incarnation: UInt64, lockspaces: [LockspaceReport])
-    /// A new membership of `lockspace` (proposed by `change.id.origin`).
+    /// `node` has its lockspace and wants to be a member (`online`), or left it (`offline`).
+    case intent(lockspace: String, node: AgentNodeID, member: Bool)
+    /// A new membership of `lockspace` (proposed by `change.id.origin`, the coordinator).
     case change(lockspace: String, change: MembershipChange)
     /// `node` has stopped `lockspace` for `change` (or is stopped from birth: joining).
     case stopped(lockspace: String, node: AgentNodeID, change: MembershipChange)

@@ -183,7 +183,7 @@ public struct KernelLockspaceControl: LocalLockspaceControl {
             let ls = plan.lockspace
             if plan.joining { try fs.write("\(sysfs)/\(ls)/id", "\(plan.globalID)") }
             let space = "\(cluster)/spaces/\(ls)"
-            try fs.mkdir(space)
+            if !fs.exists(space) { try fs.mkdir(space) }
             let wanted = Set(plan.members.map(\.id))
             for n in fs.list("\(space)/nodes") {
                 if let id = AgentNodeID(n), wanted.contains(id), !plan.renew.contains(id) { continue }
