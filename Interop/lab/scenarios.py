@@ -805,6 +805,52 @@ def sc_agent_change(c, ck):
         app_remove(c, ck, n)
 
 
+def sc_agent_fence(c, ck):
+    """Heartbeats: node 3's VM is powered off; the lowest live agent runs the fence command;
+    while it fails nobody is removed; once it succeeds node 3 is removed everywhere."""
+    a, b, x = sorted(k.id for k in c.kernel_nodes)
+    for n in (a, b, x):
+        app_create(c, n)
+    for n in (a, b, x):
+        app_created(c, ck, n)
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+    for n in (a, b):
+        c.kernel(n).sh("rm -f /tmp/fence.log /tmp/fence-ok")
+    base = recoveries_done(c, a)
+    c.kernel(x).stop()
+    t0 = time.time()
+    c.step("node%d powered off; waiting for the heartbeat timeout and a (failing) fence" % x)
+    agent_wait(c, a, "fencing node %d failed" % x, 1, 60)
+    ck.metric("silent_to_fence", round(time.time() - t0, 3))
+    log = c.kernel(a).sh("cat /tmp/fence.log").strip()
+    ck.expect(log.startswith("fence %d 10.77.0.%d" % (x, x)), "node%d: fence command log: %r" % (a, log))
+    ck.expect(c.kernel(b).sh("cat /tmp/fence.log 2>/dev/null || true").strip() == "",
+              "node%d ran the fence command too (only the lowest live node should)" % b)
+    time.sleep(2)
+    ck.expect(recoveries_done(c, a) == base and sysfs(c, a, "recover_status") == "ff",
+              "node%d was reconfigured although the fence failed" % a)
+    ck.expect(configfs_members(c, a) == [a, b, x], "node%d: members changed without a fence" % a)
+    c.kernel(a).sh("touch /tmp/fence-ok")
+    t1 = time.time()
+    agent_wait(c, a, "node %d fenced: removing it" % x, 1, 60)
+    ck.metric("fence_retry", round(time.time() - t1, 3))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after the fence" % (n, x))
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))
+    c.agent_start(a, LS)
+    c.agent_start(b, LS)
+    c.agent(a, LS, "lock k res-f EX", wait="CAST k ")
+    ev = c.agent(b, LS, "lock nq res-f PR NOQUEUE", wait="CAST nq ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR vs node%d's EX after the fence: %s" % (b, a, ev["line"]))
+    c.agent(a, LS, "unlock k", wait="CAST k ")
+    for n in (b, a):
+        app_remove(c, ck, n)
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -852,6 +898,9 @@ SCENARIOS = [
     Scenario("agent-change", "lab-agent-3node.toml", sc_agent_change,
              "agents: a reload lets node 3 join (barrier checked with an agent frozen), it leaves, rejoins, "
              "is powered off and removed with node-down", agents=True),
+    Scenario("agent-fence", "lab-agent-fence.toml", sc_agent_fence,
+             "agents with heartbeats: a powered-off node is fenced by the lowest live agent; a failing fence "
+             "removes nobody, a successful one removes it everywhere", agents=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
