@@ -49,7 +49,7 @@ struct AgentPeerControlTests {
         let peer = PeerLockspaceControl(socketPath: path)
         try await peer.stop("alpha")
         try await peer.start(StartPlan(lockspace: "alpha", globalID: 1, change: ChangeID(seq: 3, origin: 1),
-                                       members: [AgentMember(id: 1), AgentMember(id: 3, weight: 2)], renew: [], joining: false))
+                                       members: [AgentMember(id: 1), AgentMember(id: 3, weight: 2)], renew: [3], joining: false))
         // formation: `dlm-peer run` joined with the config's list by itself
         try await peer.start(StartPlan(lockspace: "alpha", globalID: 1, change: .formation,
                                        members: [AgentMember(id: 1)], renew: [], joining: true))
@@ -57,7 +57,7 @@ struct AgentPeerControlTests {
             try await peer.start(StartPlan(lockspace: "beta", globalID: 2, change: ChangeID(seq: 1, origin: 1),
                                            members: [AgentMember(id: 1)], renew: [], joining: false))
         }
-        #expect(lines.withLockedValue { $0 } == ["ls-stop alpha", "ls-start alpha 1:1 3:2", "ls-start beta 1:1"])
+        #expect(lines.withLockedValue { $0 } == ["ls-stop alpha", "ls-start alpha 1:1 3:2 renew=3", "ls-start beta 1:1"])
         try await server.close()
         try? await group.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: path)

@@ -7,7 +7,7 @@ import Musl
 #endif
 
 /// The agent's local side for a dlm-peer node (`dlm-peer run`): its control socket's
-/// `ls-stop LS` (returns once the lockspace is stopped) and `ls-start LS ID[:W]...` lines,
+/// `ls-stop LS` (returns once the lockspace is stopped) and `ls-start LS ID:W... [renew=ID,...]` lines,
 /// which `PeerNode.stop(lockspace:)` / `PeerNode.start(lockspace:members:)` answer.
 ///
 /// State of the wiring: those two control lines are added to `dlm-peer run` on another
@@ -30,7 +30,9 @@ public struct PeerLockspaceControl: LocalLockspaceControl {
         // `dlm-peer run` joins its lockspaces with the config's member list when it starts:
         // that is the formation G0 already
         if plan.change == .formation { return }
-        try await request("ls-start \(plan.lockspace) " + plan.members.map { "\($0.id):\($0.weight)" }.joined(separator: " "))
+        var line = "ls-start \(plan.lockspace) " + plan.members.map { "\($0.id):\($0.weight)" }.joined(separator: " ")
+        if !plan.renew.isEmpty { line += " renew=" + plan.renew.map(String.init).joined(separator: ",") }
+        try await request(line)
     }
 
     public func finishLeave(_ lockspace: String) async throws {}
