@@ -290,6 +290,10 @@ class PeerNode:
         self.log = os.path.join(cluster.rundir, "%s.log" % self.name)
         self.proc = None
         self.marker = None
+        self.agent_proc = None          # agent mode: `dlm-peer agent` for this node, next to it
+        self.agent_marker = None
+        self.agent_log = os.path.join(cluster.rundir, "%s.agent.log" % self.name)
+        self.admin = os.path.join(cluster.rundir, "%s-agent.sock" % self.name)
 
     def start(self):
         binary = find_dlm_peer()
@@ -303,14 +307,34 @@ class PeerNode:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.c.state.add_proc(self.proc.pid, self.marker)
+        if self.c.agent_mode:
+            # its cluster manager: the same agent as on the kernel nodes, driving the node
+            # through its control socket (ls-stop / ls-start)
+            time.sleep(0.5)
+            cmd = ["ip", "netns", "exec", self.c.netns, binary, "agent", "--config", self.c.config_file,
+                   "--node", str(self.id), "--admin", self.admin]
+            self.agent_marker = "agent --config %s --node %d" % (self.c.config_file, self.id)
+            self.agent_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.agent_log, "w"),
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+            self.c.state.add_proc(self.agent_proc.pid, self.agent_marker)
 
     def wait_ready(self, timeout=30):
         time.sleep(0.2)
         if self.proc.poll() is not None:
             raise StepError("%s: dlm-peer exited with %s:\n%s" % (self.name, self.proc.returncode,
                                                                  open(self.log).read()[-2000:]))
+        if self.agent_proc is not None:
+            end = time.time() + timeout
+            while "running (admin socket" not in open(self.agent_log).read():
+                if self.agent_proc.poll() is not None or time.time() > end:
+                    raise StepError("%s: dlm-peer agent did not start:\n%s" % (self.name, open(self.agent_log).read()[-2000:]))
+                time.sleep(0.1)
 
     def stop(self):
+        if self.agent_proc is not None:
+            kill_checked(self.agent_proc.pid, self.agent_marker, sig=signal.SIGTERM)
+            self.c.state.drop_proc(self.agent_proc.pid)
+            self.agent_proc = None
         if self.proc is None:
             return
         kill_checked(self.proc.pid, self.marker, sig=signal.SIGINT)

@@ -851,6 +851,55 @@ def sc_agent_fence(c, ck):
         app_remove(c, ck, n)
 
 
+def sc_agent_peer(c, ck):
+    """Two kernels and a dlm-peer node, each with `dlm-peer agent`: the peer's agent drives
+    `dlm-peer run` through its control socket (ls-stop / ls-start). Node 2 leaves, then node 1:
+    each time the coordinator's change stops and restarts the peer with the new members."""
+    k1, k2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    p = c.peers[0]
+    for n in (k1, k2):
+        app_create(c, n)
+    for n in (k1, k2):
+        ck.metric("create_node%d" % n, app_created(c, ck, n))
+    for n in (k1, k2):
+        check_running(c, ck, n, [k1, k2, p.id])
+    ck.require(wait_file(p.agent_log, "alpha: START G0 members", 20), "peer agent: no formation start:\n" + tail(p.agent_log))
+    # node 2 leaves: node 1 (coordinator) and the peer stop, then start with [1, 3]
+    t = app_remove(c, ck, k2)
+    ck.metric("remove_write_node%d" % k2, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait?)" % (k2, t))
+    agent_wait(c, k1, "alpha: START G1\\.%d members %d,%d([^,0-9]|$)" % (k1, k1, p.id))
+    ck.require(wait_file(p.agent_log, "alpha: START G1.%d members %d,%d" % (k1, k1, p.id), 30),
+               "peer agent did not start G1 with [%d, %d]:\n%s" % (k1, p.id, tail(p.agent_log)))
+    check_running(c, ck, k1, [k1, p.id])
+    d = c.kernel(k1).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+    ck.expect("remove member %d" % k2 in d, "node%d dmesg lacks 'remove member %d'" % (k1, k2))
+    end = time.time() + 30
+    st = peer_status(p.id)
+    while time.time() < end:
+        ls = [l for l in st.get("lockspaces", []) if l.get("name") == LS]
+        if ls and ls[0].get("members") == [k1, p.id] and ls[0].get("phase") in ("running", "done", "normal"):
+            break
+        time.sleep(0.5)
+        st = peer_status(p.id)
+    ls = [l for l in st.get("lockspaces", []) if l.get("name") == LS]
+    ck.expect(bool(ls) and ls[0].get("members") == [k1, p.id], "dlm-peer status: members %s" % (ls[0].get("members") if ls else st))
+    if ls:
+        ck.note("dlm-peer after node%d left: members %s phase %s" % (k2, ls[0].get("members"), ls[0].get("phase")))
+    # the lockspace works between node 1 and the peer
+    c.agent_start(k1, LS)
+    for i in range(4):
+        ev = c.agent(k1, LS, "lock l%d res-peer-%d EX" % (i, i), wait="CAST l%d " % i)
+        ck.expect(ev.get("status") == "OK", "node%d EX after the change: %s" % (k1, ev["line"]))
+        c.agent(k1, LS, "unlock l%d" % i, wait="CAST l%d " % i)
+    # node 1 leaves too: the peer restarts alone (and answers node 1's FIN)
+    t = app_remove(c, ck, k1)
+    ck.metric("remove_write_node%d" % k1, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait?)" % (k1, t))
+    ck.expect(wait_file(p.agent_log, "alpha: START G2.%d members %d" % (k1, p.id), 30),
+              "peer agent did not start G2 alone:\n%s" % tail(p.agent_log))
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -901,6 +950,9 @@ SCENARIOS = [
     Scenario("agent-fence", "lab-agent-fence.toml", sc_agent_fence,
              "agents with heartbeats: a powered-off node is fenced by the lowest live agent; a failing fence "
              "removes nobody, a successful one removes it everywhere", agents=True),
+    Scenario("agent-peer", "lab-peer.toml", sc_agent_peer,
+             "two kernels and dlm-peer, each with its agent: leaves coordinated by the agents stop and restart the "
+             "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
