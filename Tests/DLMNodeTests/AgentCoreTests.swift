@@ -131,6 +131,39 @@ struct AgentSim {
         }
     }
 
+    /// The heads of the per-connection streams (the events that may happen next).
+    var choices: [Int] {
+        var seen = Set<String>()
+        var out: [Int] = []
+        for (i, p) in pending.enumerated() {
+            let key = "\(p.from.map(String.init) ?? "local\(p.to)")>\(p.to)"
+            if seen.insert(key).inserted { out.append(i) }
+        }
+        return out
+    }
+
+    /// Every order of delivery (depth first); `check` runs on every final state. Returns the
+    /// number of final states, or nil when more than `limit`.
+    static func exploreAll(_ sim: AgentSim, limit: Int, _ check: (AgentSim) -> Void) -> Int? {
+        var count = 0
+        func go(_ s: AgentSim) -> Bool {
+            let heads = s.choices
+            if heads.isEmpty {
+                count += 1
+                check(s)
+                return count <= limit
+            }
+            for i in heads {
+                var next = s
+                let p = next.pending.remove(at: i)
+                next.feed(p.to, p.event)
+                if !go(next) { return false }
+            }
+            return true
+        }
+        return go(sim) ? count : nil
+    }
+
     func local(_ n: AgentNodeID) -> AgentCore.Local { cores[n]!.lockspaces[ls]!.local }
     func started(_ n: AgentNodeID) -> MembershipChange? { cores[n]!.lockspaces[ls]!.started }
     func members(_ n: AgentNodeID) -> [AgentNodeID]? { started(n)?.members.map(\.id) }
@@ -207,6 +240,22 @@ struct AgentCoreTests {
         #expect(sim.stops.sorted() == [1, 2])
         // nobody renews node 3: it was never in anyone's configfs
         #expect(sim.starts.allSatisfy { $0.plan.renew.isEmpty })
+    }
+
+    @Test("join after formation: every interleaving of intents, changes, stops and stopped messages")
+    func joinEveryInterleaving() {
+        var sim = Self.formedWithJoiner(seed: 1)
+        sim.feed(3, .online(lockspace: "alpha"))
+        var finals = 0
+        let n = AgentSim.exploreAll(sim, limit: 2_000_000) { end in
+            finals += 1
+            if !end.violations.isEmpty { Issue.record("violation: \(end.violations)") }
+            for node: AgentNodeID in [1, 2, 3] where end.members(node) != [1, 2, 3] || end.local(node) != .running {
+                Issue.record("node \(node) ends \(end.local(node)) with \(end.members(node) ?? [])")
+            }
+        }
+        #expect(n != nil, "more interleavings than the limit")
+        #expect(finals > 1000, "explored \(finals) interleavings")
     }
 
     @Test("planned leave: the leaver answers offline, the rest stop and start without it", arguments: 0..<100)

@@ -224,10 +224,17 @@ public final class AgentRuntime: @unchecked Sendable {
         guard !stopped, outgoing[node] == nil, !connecting.contains(node),
               let target = config.node(node)?.addresses.first,
               let mine = config.node(me)?.addresses.first else { return }
+        let source: SocketAddress
+        do {
+            source = try SocketAddress(ipAddress: mine.description, port: 0)
+        } catch {
+            log(.error, "cannot connect from \(mine): \(error)")
+            return
+        }
         connecting.insert(node)
         ClientBootstrap(group: loop)
             .connectTimeout(.seconds(2))
-            .bind(to: try! SocketAddress(ipAddress: mine.description, port: 0))
+            .bind(to: source)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(AgentLineHandler(runtime: self, outgoingTo: node))
