@@ -144,3 +144,41 @@ struct AgentKernelControlTests {
         #expect(fs.ops == ["write /sys/alpha/event_done -1"])
     }
 }
+
+@Suite("Config: agent_port")
+struct AgentConfigTests {
+    static func text(_ cluster: String) -> String {
+        """
+        [cluster]
+        name = "lab"
+        \(cluster)
+        [[node]]
+        id = 1
+        addresses = ["10.0.0.1"]
+        [[lockspace]]
+        name = "alpha"
+        members = [1]
+        """
+    }
+
+    @Test("default 21065, or the configured one")
+    func values() throws {
+        #expect(try ClusterConfig.parse(Self.text("")).agentPort == 21065)
+        #expect(try ClusterConfig.parse(Self.text("agent_port = 30000")).agentPort == 30000)
+    }
+
+    @Test("out of range or the DLM port itself: an error at the value, with file, line and column")
+    func errors() {
+        for (line, what) in [("agent_port = 70000", "out of range"), ("port = 21070\nagent_port = 21070", "the DLM port too")] {
+            let (config, diagnostics) = ClusterConfig.check(Self.text(line), file: "a.toml")
+            #expect(config == nil)
+            let e = diagnostics.first { $0.severity == .error }
+            #expect(e?.message.contains(what) == true, "\(diagnostics)")
+            #expect(e?.file == "a.toml")
+            #expect(e?.position.line == (line.hasPrefix("port") ? 4 : 3))
+            #expect(e?.position.column == 14)
+        }
+        let (_, warnings) = ClusterConfig.check(Self.text("port = 21065"), file: "a.toml")
+        #expect(warnings.contains { $0.severity == .warning && $0.message.contains("agent_port") })
+    }
+}
