@@ -29,6 +29,9 @@ from .vmctl import Control
 
 QEMU = "qemu-system-x86_64"
 VM_MEM_MB = 128
+AGENT_VM_MEM_MB = 512          # the image carries the dlm-peer binary (static Swift runtime)
+AGENT_CONFIG = "/etc/dlm-peer.toml"
+AGENT_LOG = "/tmp/agent.log"
 TB_MB = 32
 
 
@@ -203,7 +206,8 @@ class KernelNode:
             self.id, self.ip, cfgmod.LAB_NET.prefixlen)
         cmd = ["ip", "netns", "exec", self.c.netns, QEMU,
                "-name", "%s-%s" % (self.c.tag, self.name),
-               "-accel", "tcg,tb-size=%d" % TB_MB, "-m", str(VM_MEM_MB), "-smp", "1",
+               "-accel", "tcg,tb-size=%d" % TB_MB,
+               "-m", str(AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB), "-smp", "1",
                "-display", "none", "-no-reboot", "-nodefaults", "-no-user-config",
                "-kernel", self.image.vmlinux, "-initrd", self.image.initramfs, "-append", append,
                "-serial", "file:%s" % self.console,
@@ -286,6 +290,10 @@ class PeerNode:
         self.log = os.path.join(cluster.rundir, "%s.log" % self.name)
         self.proc = None
         self.marker = None
+        self.agent_proc = None          # agent mode: `dlm-peer agent` for this node, next to it
+        self.agent_marker = None
+        self.agent_log = os.path.join(cluster.rundir, "%s.agent.log" % self.name)
+        self.admin = os.path.join(cluster.rundir, "%s-agent.sock" % self.name)
 
     def start(self):
         binary = find_dlm_peer()
@@ -299,14 +307,34 @@ class PeerNode:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.c.state.add_proc(self.proc.pid, self.marker)
+        if self.c.agent_mode:
+            # its cluster manager: the same agent as on the kernel nodes, driving the node
+            # through its control socket (ls-stop / ls-start)
+            time.sleep(0.5)
+            cmd = ["ip", "netns", "exec", self.c.netns, binary, "agent", "--config", self.c.config_file,
+                   "--node", str(self.id), "--admin", self.admin]
+            self.agent_marker = "agent --config %s --node %d" % (self.c.config_file, self.id)
+            self.agent_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.agent_log, "w"),
+                                               stderr=subprocess.STDOUT, start_new_session=True)
+            self.c.state.add_proc(self.agent_proc.pid, self.agent_marker)
 
     def wait_ready(self, timeout=30):
         time.sleep(0.2)
         if self.proc.poll() is not None:
             raise StepError("%s: dlm-peer exited with %s:\n%s" % (self.name, self.proc.returncode,
                                                                  open(self.log).read()[-2000:]))
+        if self.agent_proc is not None:
+            end = time.time() + timeout
+            while "running (admin socket" not in open(self.agent_log).read():
+                if self.agent_proc.poll() is not None or time.time() > end:
+                    raise StepError("%s: dlm-peer agent did not start:\n%s" % (self.name, open(self.agent_log).read()[-2000:]))
+                time.sleep(0.1)
 
     def stop(self):
+        if self.agent_proc is not None:
+            kill_checked(self.agent_proc.pid, self.agent_marker, sig=signal.SIGTERM)
+            self.c.state.drop_proc(self.agent_proc.pid)
+            self.agent_proc = None
         if self.proc is None:
             return
         kill_checked(self.proc.pid, self.marker, sig=signal.SIGINT)
@@ -351,6 +379,7 @@ class Cluster:
         self.netns_up = False
         self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
         self.late_peers = False     # the scenario starts its dlm-peers itself (PeerNode.start)
+        self.agent_mode = False     # kernel nodes run `dlm-peer agent` (their CM) instead of the harness
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))
@@ -421,9 +450,15 @@ class Cluster:
         with open(self.config_file, "w") as f:
             f.write(cfgmod.to_toml(cfg))
         images = {}
+        agent = None
+        if self.agent_mode:
+            from .images import agent_binary, AGENT_HINT
+            agent = agent_binary()
+            if not agent:
+                raise Skip("dlm-peer agent binary not built (.build/static/dlm-peer or $DLM_PEER_AGENT): " + AGENT_HINT)
         for n in cfg.kernel_nodes:
             if n.kernel not in images:
-                images[n.kernel] = build_image(n.kernel)
+                images[n.kernel] = build_image(n.kernel, agent=agent)
         self._netns_up()
         if self.capture:
             self._capture_start()
@@ -442,7 +477,10 @@ class Cluster:
             log("  node%d up: %s, booted in %.1f s" % (k.id, k.image.release, k.boot_s))
         self.trace("all kernel nodes up in %.2f s" % (time.time() - t0))
         for k in self.kernel_nodes:
-            self.configure_comms(k)
+            if self.agent_mode:
+                self.agent_up(k)
+            else:
+                self.configure_comms(k)
         if not self.late_peers:
             for p in self.peers:
                 p.start()
@@ -471,6 +509,38 @@ class Cluster:
             if n.address not in out:
                 raise LabError("node%d: configfs comms lack %s (addr_list: %r)" % (k.id, n.address, out))
 
+    # ---- dlm-peer agent (agent mode: the kernel nodes' cluster manager)
+    def push_config(self, k, text):
+        """Write the cluster config into the VM (where its agent reads it)."""
+        import base64
+        b64 = base64.b64encode(text.encode()).decode()
+        if len(b64) > 7000:
+            raise LabError("config too long for the VM control line (%d bytes)" % len(text))
+        k.sh("echo %s | base64 -d > %s.tmp && mv %s.tmp %s" % (b64, AGENT_CONFIG, AGENT_CONFIG, AGENT_CONFIG))
+
+    def agent_up(self, k):
+        """Start `dlm-peer agent` in the VM; it sets up configfs itself (checked as in
+        configure_comms) and answers the lockspace uevents from now on."""
+        with open(self.config_file) as f:
+            self.push_config(k, f.read())
+        k.bg("dlm-peer agent --config %s --node %d" % (AGENT_CONFIG, k.id), AGENT_LOG)
+        k.waitlog(AGENT_LOG, "agent of node %d running|error|Error" % k.id, 1, 60)
+        out = k.sh("cat %s" % AGENT_LOG)
+        if "running" not in out:
+            raise LabError("node%d: dlm-peer agent did not start:\n%s" % (k.id, out))
+        C = "/sys/kernel/config/dlm/cluster"
+        out = k.sh("cat %s/comms/*/addr_list" % C)
+        for n in self.cfg.nodes:
+            if n.address not in out:
+                raise LabError("node%d: the agent's configfs comms lack %s (addr_list: %r)" % (k.id, n.address, out))
+
+    def agent_cli(self, nid, args, check=True):
+        """`dlm-peer <args>` in the VM of node `nid` (reload, node-down, agent-status)."""
+        return self.kernel(nid).sh("dlm-peer %s" % args, check=check)
+
+    def agent_log_text(self, nid):
+        return self.kernel(nid).sh("cat %s" % AGENT_LOG)
+
     def collect(self):
         """dmesg of every VM into the run dir (best effort)."""
         for k in self.kernel_nodes:
@@ -480,6 +550,10 @@ class Cluster:
                 out, _ = k.ctl.run("dmesg", timeout=20)
                 with open(os.path.join(self.rundir, "%s.dmesg" % k.name), "w") as f:
                     f.write(out)
+                if self.agent_mode:
+                    out, _ = k.ctl.run("cat %s" % AGENT_LOG, timeout=20)
+                    with open(os.path.join(self.rundir, "%s.agent.log" % k.name), "w") as f:
+                        f.write(out)
             except Exception as e:   # noqa: BLE001 - a dead VM must not stop the teardown
                 with open(os.path.join(self.rundir, "%s.dmesg" % k.name), "w") as f:
                     f.write("(dmesg unavailable: %s)\n--- console ---\n%s" % (e, k.console_text()))

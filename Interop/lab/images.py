@@ -12,6 +12,7 @@ import hashlib
 import json
 import lzma
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -69,12 +70,55 @@ def build_client():
     return out
 
 
-def _prune(d, prefix, keep):
+def _prune(d, prefix, keep, same=lambda f: True):
     """Drop superseded cache entries (a running VM has its files loaded already)."""
     for f in os.listdir(d):
-        if f.startswith(prefix) and f != keep and not f.endswith(".tmp"):
+        if f.startswith(prefix) and f != keep and not f.endswith(".tmp") and same(f):
             p = os.path.join(d, f)
             shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
+
+
+# ------------------------------------------------------------------ dlm-peer agent
+AGENT_HINT = "build it with scripts/build-static (swift build -c release --static-swift-stdlib)"
+
+
+def agent_binary():
+    """The dlm-peer binary the agent images carry: $DLM_PEER_AGENT, else .build/static/dlm-peer
+    (scripts/build-static). None when there is none; LabError when it cannot run in a VM."""
+    p = os.environ.get("DLM_PEER_AGENT") or os.path.join(paths.REPO, ".build", "static", "dlm-peer")
+    if not os.path.exists(p):
+        return None
+    if open(p, "rb").read(4) != b"\x7fELF":
+        raise LabError("%s is not an ELF executable" % p)
+    r = subprocess.run(["ldd", p], capture_output=True, text=True)
+    if "libswiftCore" in r.stdout or "libFoundation" in r.stdout:
+        raise LabError("%s links the Swift runtime dynamically; the VMs have none: %s" % (p, AGENT_HINT))
+    return p
+
+
+def agent_files(binary):
+    """[(path in the image, bytes)]: the binary and the shared libraries `ldd` says it needs
+    (glibc and friends; none for a fully static one), each at the path the loader looks for."""
+    data = open(binary, "rb").read()
+    if shutil.which("strip"):
+        with tempfile.TemporaryDirectory() as td:
+            out = os.path.join(td, "dlm-peer")
+            if subprocess.run(["strip", "-o", out, binary], capture_output=True).returncode == 0:
+                data = open(out, "rb").read()
+    files = [("bin/dlm-peer", data)]
+    r = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if "not a dynamic executable" in (r.stdout + r.stderr) or "statically linked" in r.stdout:
+        return files
+    for line in r.stdout.splitlines():
+        line = line.strip()
+        m = re.match(r"\S+ => (/\S+) \(", line) or re.match(r"(/\S+) \(", line)
+        if not m:
+            if "not found" in line:
+                raise LabError("%s: a library is missing: %s" % (binary, line))
+            continue   # linux-vdso
+        lib = m.group(1)
+        files.append((lib.lstrip("/"), open(os.path.realpath(lib), "rb").read()))
+    return files
 
 
 # ------------------------------------------------------------------ kernel
@@ -230,15 +274,17 @@ def _busybox():
     return BUSYBOX
 
 
-def build_image(series, refresh=False):
-    """The cached image for a kernel series, built if any input changed."""
+def build_image(series, refresh=False, agent=None):
+    """The cached image for a kernel series, built if any input changed. `agent`: the path
+    of a dlm-peer binary to include (with its shared libraries) for the agent scenarios."""
     k = kernels.get_kernel(series, refresh)
     client = build_client()
     bb = _busybox()
     init = os.path.join(paths.VM_DIR, "init.sh")
     key = _sha(FORMAT, k.package, k.version, k.meta.get("sha256"), _file_sha(bb), _file_sha(client),
-               _file_sha(init), WANT_MODULES)[:16]
-    d = os.path.join(paths.cache_dir(), "images", "%s-%s" % (series, key))
+               _file_sha(init), WANT_MODULES, _file_sha(agent) if agent else "")[:16]
+    flavour = "%s-agent" % series if agent else series
+    d = os.path.join(paths.cache_dir(), "images", "%s-%s" % (flavour, key))
     meta_f = os.path.join(d, "meta.json")
     if os.path.exists(meta_f):
         return Image(d, json.load(open(meta_f)))
@@ -259,6 +305,17 @@ def build_image(series, refresh=False):
         "lib/modules/" + rel)]
     entries += [("bin/busybox", "exe", open(bb, "rb").read()), ("bin/sh", "symlink", "busybox"),
                 ("bin/dlmlc", "exe", open(client, "rb").read()), ("init", "exe", open(init, "rb").read())]
+    if agent:
+        dirs = set()
+        for path, data in agent_files(agent):
+            parent = os.path.dirname(path)
+            while parent and parent not in dirs and parent not in ("bin", "lib"):
+                dirs.add(parent)
+                parent = os.path.dirname(parent)
+            entries.append((path, "exe", data))
+        # parents first
+        at = next(i for i, e in enumerate(entries) if e[0] == "bin/busybox")
+        entries[at:at] = [(p, "dir", None) for p in sorted(dirs, key=lambda x: x.count("/"))]
     order = []
     for name, data in mods:
         p = "lib/modules/%s/%s.ko" % (rel, name)
@@ -268,10 +325,10 @@ def build_image(series, refresh=False):
     write_cpio(entries, os.path.join(tmp, "initramfs.cpio"))
     meta = dict(series=series, release=rel, package=k.package, version=k.version,
                 modules=[m for m, _ in mods], key=key, built=time.time(),
-                protocol=kernels.PROTOCOL[series])
+                protocol=kernels.PROTOCOL[series], agent=bool(agent))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     os.replace(tmp, d)
-    _prune(os.path.dirname(d), "%s-" % series, keep=os.path.basename(d))
+    _prune(os.path.dirname(d), "%s-" % flavour, keep=os.path.basename(d), same=lambda f: f.count("-") == flavour.count("-") + 1)
     log("  image %s: %s; modules %s (%.1f s)" % (series, d, " ".join(meta["modules"]), time.time() - t0))
     return Image(d, meta)

@@ -87,6 +87,7 @@ def run_one(sc, args, resdir, all_captures):
         c = cluster.Cluster(cfg, rundir)
         c.peer_args = sc.peer_args
         c.late_peers = sc.late_peers
+        c.agent_mode = sc.agents
         ck = scenarios.Check(c, rundir)
         ck.all_captures = list(all_captures)
         try:

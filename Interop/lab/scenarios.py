@@ -1327,6 +1327,310 @@ def tail(path, n=3000):
         return "(%s)" % e
 
 
+# ------------------------------------------------------------------ agent scenarios
+# The kernel nodes run `dlm-peer agent` (cluster.agent_up): the harness only plays the
+# application (dlmlc create/remove, the lock client) and the operator (config files, reload,
+# node-down); every configfs/sysfs write and every barrier is the agents'.
+def app_create(c, nid, ls=LS):
+    """The application's create in the background (the agent answers the online uevent)."""
+    c.kernel(nid).bg("dlmlc create %s" % ls, "/tmp/create-%s.log" % ls)
+
+
+def app_created(c, ck, nid, ls=LS, timeout=90):
+    line = c.kernel(nid).waitlog("/tmp/create-%s.log" % ls, "CREATE ls=", 1, timeout)
+    ck.require(re.search(r"rv=[0-9]+ ", line) is not None, "node%d: create of %s failed: %s" % (nid, ls, line))
+    return float(re.search(r"in ([0-9.]+) s", line).group(1))
+
+
+def app_remove(c, ck, nid, ls=LS, timeout=60):
+    """The application's remove (FORCEFREE); returns how long the write took."""
+    if (nid, ls) in c.agents:
+        c.agent_quit(nid, ls)
+    c.kernel(nid).bg("dlmlc remove %s" % ls, "/tmp/remove-%s.log" % ls)
+    line = c.kernel(nid).waitlog("/tmp/remove-%s.log" % ls, "REMOVE ls=", 1, timeout)
+    ck.require("rv=0" in line, "node%d: remove of %s failed: %s" % (nid, ls, line))
+    return float(re.search(r"write took ([0-9.]+) s", line).group(1))
+
+
+def sysfs(c, nid, what, ls=LS):
+    return c.kernel(nid).sh("cat /sys/kernel/dlm/%s/%s" % (ls, what)).strip()
+
+
+def configfs_members(c, nid, ls=LS):
+    out = c.kernel(nid).sh("ls /sys/kernel/config/dlm/cluster/spaces/%s/nodes 2>/dev/null || true" % ls)
+    return sorted(int(x) for x in out.split())
+
+
+def comms(c, nid):
+    return sorted(int(x) for x in c.kernel(nid).sh("ls /sys/kernel/config/dlm/cluster/comms").split())
+
+
+def check_running(c, ck, nid, members, ls=LS):
+    """sysfs id, configfs members and a finished recovery (recover_status ff on the low node,
+    55 elsewhere) on node `nid`."""
+    gid = cfgmod.global_id(ls)
+    ck.expect(sysfs(c, nid, "id") == str(gid), "node%d: sysfs id is %s, expected %d" % (nid, sysfs(c, nid, "id"), gid))
+    ck.expect(configfs_members(c, nid) == sorted(members), "node%d: configfs members %s, expected %s"
+              % (nid, configfs_members(c, nid), sorted(members)))
+    want = "ff" if nid == min(members) else "55"
+    end = time.time() + 30
+    st = sysfs(c, nid, "recover_status")
+    while st != want and time.time() < end:
+        time.sleep(0.3)
+        st = sysfs(c, nid, "recover_status")
+    ck.expect(st == want, "node%d: recover_status %s, expected %s (recovery with %s not finished)" % (nid, st, want, members))
+
+
+def agent_wait(c, nid, regex, count=1, timeout=60):
+    from .cluster import AGENT_LOG
+    return c.kernel(nid).waitlog(AGENT_LOG, regex, count, timeout)
+
+
+def agent_count(c, nid, regex):
+    from .cluster import AGENT_LOG
+    return int(c.kernel(nid).sh("grep -cE %s %s || true" % (shlex_quote(regex), AGENT_LOG)).strip() or 0)
+
+
+def shlex_quote(s):
+    import shlex
+    return shlex.quote(s)
+
+
+def sc_agent_basic(c, ck):
+    """Two kernels form alpha through their agents (G0, no barrier), lock, leave."""
+    n1, n2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    for n in (n1, n2):
+        ck.expect(comms(c, n) == sorted(x.id for x in c.cfg.nodes), "node%d: comms %s" % (n, comms(c, n)))
+    for n in (n1, n2):
+        app_create(c, n)
+    for n in (n1, n2):
+        ck.metric("create_node%d" % n, app_created(c, ck, n))
+        agent_wait(c, n, "alpha: START G0 members 1,2 \\(join\\)")
+    for n in (n1, n2):
+        check_running(c, ck, n, [n1, n2])
+    c.members[LS] = {n1, n2}
+    blocking_and_lvb(c, ck, n1, n2)
+    # node 2 leaves: its agent answers offline and says so; node 1's agent (the coordinator)
+    # proposes [1], stops, writes members [1] and starts (which lets node 2's FIN handshake finish)
+    t = app_remove(c, ck, n2)
+    ck.metric("remove_write_node%d" % n2, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait: the other agent did not restart without it?)" % (n2, t))
+    agent_wait(c, n1, "alpha: START G1\\.%d members %d([^,0-9]|$)" % (n1, n1))
+    check_running(c, ck, n1, [n1])
+    d = c.kernel(n1).sh("dmesg | grep 'dlm: %s:'" % LS)
+    ck.expect("remove member %d" % n2 in d, "node%d dmesg lacks 'remove member %d'" % (n1, n2))
+    ck.expect(configfs_members(c, n2) == [], "node%d: configfs spaces/alpha still has members after the leave" % n2)
+    ck.metric("remove_write_node%d" % n1, app_remove(c, ck, n1))
+    ck.expect(c.kernel(n1).sh("ls /sys/kernel/dlm").strip() == "", "node%d: lockspaces left" % n1)
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, n2, [n1], fin_limit=5.0)
+
+
+def sc_agent_change(c, ck):
+    """Three kernels; alpha = [1, 2]; a reload allows node 3, whose join is a barrier (checked
+    with node 2's agent frozen in the middle); node 3 leaves; it joins again and its VM is
+    powered off: `dlm-peer node-down 3` removes it."""
+    a, b, x = sorted(k.id for k in c.kernel_nodes)
+    for n in (a, b):
+        app_create(c, n)
+    for n in (a, b):
+        app_created(c, ck, n)
+    for n in (a, b):
+        check_running(c, ck, n, [a, b])
+    # a holds EX on res-c (mastered by a: it asks first)
+    c.agent_start(a, LS)
+    ev = c.agent(a, LS, "lock h res-c EX", wait="CAST h ")
+    ck.require(ev.get("status") == "OK", "node%d EX: %s" % (a, ev["line"]))
+    base = {n: recoveries_done(c, n) for n in (a, b)}
+
+    # --- the config now lets node 3 into alpha: reload everywhere; nobody stops yet
+    import copy
+    cfg2 = copy.deepcopy(c.cfg)
+    cfg2.lockspace(LS).members = [a, b, x]
+    text = cfgmod.to_toml(cfg2)
+    for k in c.kernel_nodes:
+        c.push_config(k, text)
+    for k in c.kernel_nodes:
+        if k.id == x:   # SIGHUP does the same as `dlm-peer reload`
+            c.kernel(x).sh("kill -HUP $(pidof dlm-peer)")
+            agent_wait(c, x, "config reloaded", 1, 20)
+        else:
+            c.agent_cli(k.id, "reload --node %d" % k.id)
+    time.sleep(1)
+    for n in (a, b):
+        ck.expect(agent_count(c, n, "alpha: (stopped|START) G[1-9]") == 0, "node%d: the reload alone changed alpha" % n)
+
+    # --- barrier under observation: node b's agent is frozen, node x creates alpha
+    pid_b = c.kernel(b).sh("pidof dlm-peer").split()[0]
+    c.kernel(b).sh("kill -STOP %s" % pid_b)
+    app_create(c, x)
+    agent_wait(c, a, "alpha: stopped for G")          # a stopped (control=0 returned) ...
+    time.sleep(2)
+    ck.expect(sysfs(c, a, "recover_status") == "0", "node%d should be stopped (recover_status 0)" % a)
+    ck.expect(sysfs(c, b, "recover_status") in ("ff", "55"), "node%d (agent frozen) should still run" % b)
+    ck.expect(recoveries_done(c, a) == base[a], "node%d started a recovery before node%d stopped" % (a, b))
+    ck.expect(agent_count(c, a, "alpha: START G[1-9]") == 0, "node%d started before every member stopped" % a)
+    ck.expect(agent_count(c, x, "alpha: START") == 0, "node%d started before every member stopped" % x)
+    create_x = c.kernel(x).sh("cat /tmp/create-%s.log" % LS)
+    ck.expect("CREATE" not in create_x, "node%d's create returned while the barrier was open" % x)
+    ck.note("barrier held for 2 s with node%d's agent frozen: node%d stopped, node%d running, nobody started" % (b, a, b))
+    t0 = time.time()
+    c.kernel(b).sh("kill -CONT %s" % pid_b)
+    ck.metric("create_node%d" % x, app_created(c, ck, x))
+    ck.metric("join_after_thaw", round(time.time() - t0, 3))
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+        agent_wait(c, n, "alpha: START G[0-9]+\\.[0-9]+ members %d,%d,%d" % (a, b, x))
+    for n in (a, b):
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("add member %d" % x in d, "node%d dmesg lacks 'add member %d'" % (n, x))
+    # the lock a held survived; x waits for it and gets it after a's unlock
+    c.agent_start(x, LS)
+    c.agent(x, LS, "lock w res-c EX", wait="REQ w ")
+    c.agent_wait(a, LS, "BAST h ")
+    c.agent(a, LS, "unlock h", wait="CAST h ")
+    ev = c.agent_wait(x, LS, "CAST w ")
+    ck.expect(ev.get("status") == "OK", "node%d EX after node%d's unlock: %s" % (x, a, ev["line"]))
+    c.agent(x, LS, "unlock w", wait="CAST w ")
+
+    # --- x leaves (its agent answers offline; the coordinator, node 1, proposes alpha without it)
+    t = app_remove(c, ck, x)
+    ck.metric("remove_write_node%d" % x, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s" % (x, t))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))
+
+    # --- x joins again, then its VM is powered off; node-down removes it
+    app_create(c, x)
+    app_created(c, ck, x)
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+    c.kernel(x).stop()
+    c.step("node%d powered off; `dlm-peer node-down %d` on node%d" % (x, x, a))
+    c.agent_cli(a, "node-down %d --node %d" % (x, a))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after node-down" % (n, x))
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d' after node-down" % (n, x))
+    # the survivors still lock against each other
+    c.agent_start(b, LS)
+    c.agent(a, LS, "lock k res-after EX", wait="CAST k ")
+    ev = c.agent(b, LS, "lock nq res-after PR NOQUEUE", wait="CAST nq ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR vs node%d's EX after node-down: %s" % (b, a, ev["line"]))
+    c.agent(a, LS, "unlock k", wait="CAST k ")
+    st = c.agent_cli(a, "agent-status --node %d" % a)
+    c.trace("agent-status node%d:\n%s" % (a, st))
+    ck.expect("down: %d" % x in st, "agent-status on node%d should list node %d down: %s" % (a, x, st))
+    for n in (b, a):
+        app_remove(c, ck, n)
+
+
+def sc_agent_fence(c, ck):
+    """Heartbeats: node 3's VM is powered off; the lowest live agent runs the fence command;
+    while it fails nobody is removed; once it succeeds node 3 is removed everywhere."""
+    a, b, x = sorted(k.id for k in c.kernel_nodes)
+    for n in (a, b, x):
+        app_create(c, n)
+    for n in (a, b, x):
+        app_created(c, ck, n)
+    for n in (a, b, x):
+        check_running(c, ck, n, [a, b, x])
+    for n in (a, b):
+        c.kernel(n).sh("rm -f /tmp/fence.log /tmp/fence-ok")
+    base = recoveries_done(c, a)
+    c.kernel(x).stop()
+    t0 = time.time()
+    c.step("node%d powered off; waiting for the heartbeat timeout and a (failing) fence" % x)
+    agent_wait(c, a, "fencing node %d failed" % x, 1, 60)
+    ck.metric("silent_to_fence", round(time.time() - t0, 3))
+    log = c.kernel(a).sh("cat /tmp/fence.log").strip()
+    ck.expect(log.startswith("fence %d 10.77.0.%d" % (x, x)), "node%d: fence command log: %r" % (a, log))
+    ck.expect(c.kernel(b).sh("cat /tmp/fence.log 2>/dev/null || true").strip() == "",
+              "node%d ran the fence command too (only the lowest live node should)" % b)
+    time.sleep(2)
+    ck.expect(recoveries_done(c, a) == base and sysfs(c, a, "recover_status") == "ff",
+              "node%d was reconfigured although the fence failed" % a)
+    ck.expect(configfs_members(c, a) == [a, b, x], "node%d: members changed without a fence" % a)
+    c.kernel(a).sh("touch /tmp/fence-ok")
+    t1 = time.time()
+    agent_wait(c, a, "node %d fenced: removing it" % x, 1, 60)
+    ck.metric("fence_retry", round(time.time() - t1, 3))
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after the fence" % (n, x))
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))
+    c.agent_start(a, LS)
+    c.agent_start(b, LS)
+    c.agent(a, LS, "lock k res-f EX", wait="CAST k ")
+    ev = c.agent(b, LS, "lock nq res-f PR NOQUEUE", wait="CAST nq ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR vs node%d's EX after the fence: %s" % (b, a, ev["line"]))
+    c.agent(a, LS, "unlock k", wait="CAST k ")
+    for n in (b, a):
+        app_remove(c, ck, n)
+
+
+def sc_agent_peer(c, ck):
+    """Two kernels and a dlm-peer node, each with `dlm-peer agent`: the peer's agent drives
+    `dlm-peer run` through its control socket (ls-stop / ls-start). Node 2 leaves, then node 1:
+    each time the coordinator's change stops and restarts the peer with the new members."""
+    r = subprocess.run([find_dlm_peer(), "--help"], capture_output=True, text=True)
+    if "ls-stop" not in r.stdout:
+        raise Skip("this dlm-peer has no ls-stop/ls-start control lines yet (the PeerNode stop/start "
+                   "branch): nothing to drive the peer with")
+    k1, k2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    p = c.peers[0]
+    for n in (k1, k2):
+        app_create(c, n)
+    for n in (k1, k2):
+        ck.metric("create_node%d" % n, app_created(c, ck, n))
+    for n in (k1, k2):
+        check_running(c, ck, n, [k1, k2, p.id])
+    ck.require(wait_file(p.agent_log, "alpha: START G0 members", 20), "peer agent: no formation start:\n" + tail(p.agent_log))
+    # node 2 leaves: node 1 (coordinator) and the peer stop, then start with [1, 3]
+    t = app_remove(c, ck, k2)
+    ck.metric("remove_write_node%d" % k2, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait?)" % (k2, t))
+    agent_wait(c, k1, "alpha: START G1\\.%d members %d,%d([^,0-9]|$)" % (k1, k1, p.id))
+    ck.require(wait_file(p.agent_log, "alpha: START G1.%d members %d,%d" % (k1, k1, p.id), 30),
+               "peer agent did not start G1 with [%d, %d]:\n%s" % (k1, p.id, tail(p.agent_log)))
+    check_running(c, ck, k1, [k1, p.id])
+    d = c.kernel(k1).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+    ck.expect("remove member %d" % k2 in d, "node%d dmesg lacks 'remove member %d'" % (k1, k2))
+    end = time.time() + 30
+    st = peer_status(p.id)
+    while time.time() < end:
+        ls = [l for l in st.get("lockspaces", []) if l.get("name") == LS]
+        if ls and ls[0].get("members") == [k1, p.id] and ls[0].get("phase") in ("running", "done", "normal"):
+            break
+        time.sleep(0.5)
+        st = peer_status(p.id)
+    ls = [l for l in st.get("lockspaces", []) if l.get("name") == LS]
+    ck.expect(bool(ls) and ls[0].get("members") == [k1, p.id], "dlm-peer status: members %s" % (ls[0].get("members") if ls else st))
+    if ls:
+        ck.note("dlm-peer after node%d left: members %s phase %s" % (k2, ls[0].get("members"), ls[0].get("phase")))
+    # the lockspace works between node 1 and the peer
+    c.agent_start(k1, LS)
+    for i in range(4):
+        ev = c.agent(k1, LS, "lock l%d res-peer-%d EX" % (i, i), wait="CAST l%d " % i)
+        ck.expect(ev.get("status") == "OK", "node%d EX after the change: %s" % (k1, ev["line"]))
+        c.agent(k1, LS, "unlock l%d" % i, wait="CAST l%d " % i)
+    # node 1 leaves too: the peer restarts alone (and answers node 1's FIN)
+    t = app_remove(c, ck, k1)
+    ck.metric("remove_write_node%d" % k1, t)
+    ck.expect(t < 5.0, "node%d: removing alpha took %.3f s (FIN wait?)" % (k1, t))
+    ck.expect(wait_file(p.agent_log, "alpha: START G2.%d members %d" % (k1, p.id), 30),
+              "peer agent did not start G2 alone:\n%s" % tail(p.agent_log))
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -1342,6 +1646,7 @@ class Scenario:
     kwargs: dict = field(default_factory=dict)
     peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
     late_peers: bool = False       # the scenario starts the dlm-peers itself
+    agents: bool = False           # the kernel nodes run `dlm-peer agent` as their cluster manager
 
     @property
     def config_path(self):
@@ -1417,6 +1722,18 @@ SCENARIOS = [
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
     Scenario("random-workload", "lab-peer.toml", sc_random_workload,
              "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round", default=True),
+    Scenario("agent-basic", "lab-2node.toml", sc_agent_basic,
+             "dlm-peer agent as the kernels' CM: configfs, uevents, formation, locks, a leave coordinated by the agents",
+             agents=True),
+    Scenario("agent-change", "lab-agent-3node.toml", sc_agent_change,
+             "agents: a reload lets node 3 join (barrier checked with an agent frozen), it leaves, rejoins, "
+             "is powered off and removed with node-down", agents=True),
+    Scenario("agent-fence", "lab-agent-fence.toml", sc_agent_fence,
+             "agents with heartbeats: a powered-off node is fenced by the lowest live agent; a failing fence "
+             "removes nobody, a successful one removes it everywhere", agents=True),
+    Scenario("agent-peer", "lab-peer.toml", sc_agent_peer,
+             "two kernels and dlm-peer, each with its agent: leaves coordinated by the agents stop and restart the "
+             "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),

@@ -15,6 +15,7 @@
  *                                     create LS through /dev/dlm-control and answer the kernel's
  *                                     "online" uevent: id, configfs members, control=1, event_done=0
  *   dlmlc create LS                   only the create write (blocks until someone answers the uevent)
+ *   dlmlc remove LS                   only the remove write (FORCEFREE; the CM answers "offline")
  *   dlmlc leave LS [--timeout S]      remove LS (FORCEFREE), answer the "offline" uevent, rmdir configfs.
  *                                     Prints how long the remove write took: on the last lockspace that
  *                                     includes the 3.2 FIN handshake with every peer.
@@ -552,6 +553,33 @@ static int cmd_leave(int argc, char **argv)
 	int ok = WIFEXITED(st) && WEXITSTATUS(st) == 0;
 	printf("%.6f %s ls=%s in %.3f s\n", now(), ok ? "LEFT" : "LEAVEFAILED", ls, now() - t0);
 	return ok ? 0 : 1;
+}
+
+/* the application's half of a leave: the REMOVE write; "offline" is the CM's (dlm-peer agent) */
+static int cmd_remove(int argc, char **argv)
+{
+	if (argc != 3)
+		return 2;
+	const char *ls = argv[2];
+	char dev[128];
+	struct stat stt;
+	snprintf(dev, sizeof(dev), "/dev/dlm_%s", ls);
+	if (stat(dev, &stt))
+		fail("remove: %s: %s", dev, strerror(errno));
+	struct dlm_write_request req;
+	memset(&req, 0, sizeof(req));
+	init_req(&req, DLM_USER_REMOVE_LOCKSPACE);
+	req.i.lspace.minor = minor(stt.st_rdev);
+	req.i.lspace.flags = DLM_USER_LSFLG_FORCEFREE;
+	int fd = open("/dev/dlm-control", O_RDWR);
+	double t0 = now();
+	printf("%.6f REMOVING ls=%s\n", t0, ls);
+	fflush(stdout);
+	int rv = fd < 0 ? -1 : write(fd, &req, sizeof(req));
+	int e = errno;
+	printf("%.6f REMOVE ls=%s rv=%d%s%s write took %.3f s\n", now(), ls, rv, rv < 0 ? " " : "",
+	       rv < 0 ? strerror(e) : "", now() - t0);
+	return rv < 0;
 }
 
 static int cmd_stop(int argc, char **argv)
@@ -1387,6 +1415,8 @@ int main(int argc, char **argv)
 		return cmd_join(argc, argv);
 	if (!strcmp(c, "create"))
 		return cmd_create(argc, argv);
+	if (!strcmp(c, "remove"))
+		return cmd_remove(argc, argv);
 	if (!strcmp(c, "leave") || !strcmp(c, "release"))
 		return cmd_leave(argc, argv);
 	if (!strcmp(c, "stop"))
@@ -1404,7 +1434,7 @@ int main(int argc, char **argv)
 	if (!strcmp(c, "serve"))
 		return cmd_serve(argc, argv);
 usage:
-	fprintf(stderr, "usage: dlmlc sockaddr|gid|join|create|leave|stop|members|agent|bench|waitlog|sockkill|serve ...\n"
+	fprintf(stderr, "usage: dlmlc sockaddr|gid|join|create|remove|leave|stop|members|agent|bench|waitlog|sockkill|serve ...\n"
 			"(see the comment at the top of Interop/vm/dlmlc.c)\n");
 	return 2;
 }

@@ -7,5 +7,6 @@ struct DLMPeer: ParsableCommand {
         abstract: "A userspace Linux DLM node (protocol 3.1/3.2) and its tools.",
         subcommands: [RunCommand.self, StatusCommand.self, DecodeCommand.self, ConfigCommand.self, BenchCommand.self,
                       LockCommand.self, ConvertCommand.self, UnlockCommand.self, CancelCommand.self, HoldCommand.self,
-                      LocksCommand.self])
+                      LocksCommand.self,
+                      AgentCommand.self, ReloadCommand.self, NodeDownCommand.self, AgentStatusCommand.self])
 }

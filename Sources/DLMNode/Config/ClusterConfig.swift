@@ -107,6 +107,8 @@ public struct ClusterConfig: Hashable, Sendable {
     public var transport: Transport
     /// Listen and connect port of every node (configfs `tcp_port`).
     public var port: Int
+    /// TCP port of the agents' control connections (`dlm-peer agent`), on each node's first address.
+    public var agentPort: Int = ClusterConfig.defaultAgentPort
     /// Run by the cluster manager to fence a failed node before it is removed; `/bin/sh -c`.
     public var fenceCommand: String?
     public var heartbeat: Heartbeat?
@@ -135,6 +137,7 @@ public struct ClusterConfig: Hashable, Sendable {
     // MARK: Constants of the schema
 
     public static let defaultPort = 21064
+    public static let defaultAgentPort = 21065
     /// DLM_USER_LVB_LEN: every lockspace made through /dev/dlm-control has this LVB length.
     public static let userLVBLength = 32
     /// The largest LVB that fits the largest LVB-carrying message, RCOM_LOCK (156 + lvblen ≤

@@ -61,7 +61,7 @@ extension ClusterConfig {
 /// Keys of each table, in the order the docs list them (used for "did you mean").
 enum ConfigSchema {
     static let root = ["cluster", "node", "lockspace"]
-    static let cluster = ["name", "transport", "port", "fence_command", "heartbeat_interval", "heartbeat_timeout"]
+    static let cluster = ["name", "transport", "port", "agent_port", "fence_command", "heartbeat_interval", "heartbeat_timeout"]
     static let node = ["id", "addresses", "kind", "weight", "protocol", "kernel"]
     static let lockspace = ["name", "members", "lvb_length", "flags", "id", "allow_custom_id"]
 
@@ -249,6 +249,18 @@ struct ConfigLoader {
             } else {
                 error(map.value("port", in: s.ref), "port \(port) is out of range: use 1...65535 (the kernel's default is \(ClusterConfig.defaultPort))")
             }
+        }
+
+        if case .value(let port) = integer(s, "agent_port") {
+            if !(1...65535).contains(port) {
+                error(map.value("agent_port", in: s.ref), "agent_port \(port) is out of range: use 1...65535 (default \(ClusterConfig.defaultAgentPort))")
+            } else if port == config.port {
+                error(map.value("agent_port", in: s.ref), "agent_port \(port) is the DLM port too: the agents need a port of their own (default \(ClusterConfig.defaultAgentPort))")
+            } else {
+                config.agentPort = port
+            }
+        } else if config.port == ClusterConfig.defaultAgentPort, table["agent_port"] == nil {
+            warning(map.value("port", in: s.ref), "port \(config.port) is the agents' default port: `dlm-peer agent` needs agent_port set to another port")
         }
 
         if case .value(let cmd) = string(s, "fence_command") {
