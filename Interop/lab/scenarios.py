@@ -1724,10 +1724,10 @@ SCENARIOS = [
              "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round", default=True),
     Scenario("agent-basic", "lab-2node.toml", sc_agent_basic,
              "dlm-peer agent as the kernels' CM: configfs, uevents, formation, locks, a leave coordinated by the agents",
-             agents=True),
+             agents=True, default=True),
     Scenario("agent-change", "lab-agent-3node.toml", sc_agent_change,
              "agents: a reload lets node 3 join (barrier checked with an agent frozen), it leaves, rejoins, "
-             "is powered off and removed with node-down", agents=True),
+             "is powered off and removed with node-down", agents=True, default=True),
     Scenario("agent-fence", "lab-agent-fence.toml", sc_agent_fence,
              "agents with heartbeats: a powered-off node is fenced by the lowest live agent; a failing fence "
              "removes nobody, a successful one removes it everywhere", agents=True),
