@@ -92,7 +92,9 @@ extension LockManager {
                 continue
             }
             if r.tossedAt != nil { problems.append("lock \(id) on inactive rsb \(printable(r.name))") }
-            if lkb.waitCount < 0 || lkb.waitCount > 2 { problems.append("lock \(id) wait_count \(lkb.waitCount)") }
+            // KQ: up to 3 replies can be awaited at once (a conversion, then a cancel and a
+            // force-unlock overlapping it), as the kernel's wait_count allows.
+            if lkb.waitCount < 0 || lkb.waitCount > 3 { problems.append("lock \(id) wait_count \(lkb.waitCount)") }
             if lkb.waitType != nil && lkb.waitCount < 1 { problems.append("lock \(id) wait_type without count") }
             if !lkb.isDetached && r.resource.lock(id) == nil { problems.append("lock \(id) neither queued nor detached") }
             if lkb.isDetached && r.resource.lock(id) != nil { problems.append("lock \(id) both queued and detached") }
