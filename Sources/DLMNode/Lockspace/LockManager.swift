@@ -13,7 +13,7 @@ import NIOCore
 /// queues and value blocks are the grant engine's (`Resource`); this type turns its outcomes into
 /// messages and callbacks.
 ///
-/// Recovery (node failures, RCOM) is not handled here.
+/// Recovery (node failures, RCOM) is in `LockManager+Recovery.swift`.
 public struct LockManager: Sendable {
     // MARK: - Public types
 
@@ -131,6 +131,8 @@ public struct LockManager: Sendable {
     var lastScan: Duration?
     var now: Duration = .zero
     var out: [Action] = []
+    /// Recovery bookkeeping (`LockManager+Recovery.swift`).
+    var recovery = LockRecoveryState()
 
     var us: UInt32 { config.ourNodeID }
     var lvbLength: Int { config.lvbLength }
