@@ -90,6 +90,8 @@ let package = Package(
                 "DLMNode",
                 "DLMTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                // Real PeerNodes on loopback (PeerNodeRecoveryLoopbackTests).
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
     ],

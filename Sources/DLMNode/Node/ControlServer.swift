@@ -4,7 +4,7 @@ import NIOCore
 import NIOPosix
 
 /// The node's local control socket (a Unix domain socket): one request line in, one JSON
-/// document out, then the server closes. Requests: `status`. (The lock commands of issue 6
+/// document out, then the server closes. Requests: `status`, `ls-stop`, `ls-start`. (The lock commands of issue 6
 /// will use the same socket.)
 public final class ControlServer: Sendable {
     public let path: String
@@ -83,6 +83,15 @@ final class ControlHandler: ChannelInboundHandler {
                 context.writeAndFlush(NIOAny(out)).whenComplete { _ in ctx.value.close(promise: nil) }
             }
         default:
+            // ls-stop / ls-start (LockspaceControlRequests.swift).
+            if let answer = LockspaceControlRequests.answer(line, node: node) {
+                answer.whenSuccess { text in
+                    ctx.value.writeAndFlush(NIOAny(ByteBuffer(string: text + "\n"))).whenComplete { _ in
+                        ctx.value.close(promise: nil)
+                    }
+                }
+                return
+            }
             var out = context.channel.allocator.buffer(capacity: 64)
             out.writeString("{\"error\":\"unknown request: \(line.prefix(40))\"}\n")
             context.writeAndFlush(NIOAny(out)).whenComplete { _ in ctx.value.close(promise: nil) }
