@@ -98,6 +98,8 @@ final class LockRecoverySim {
     /// departing node held it PW/EX with VALBLK there (recovery.md §3.10/§3.11).
     var lvbBefore: [[UInt8]: (master: UInt32, departedWriter: Bool)] = [:]
     var departedSinceQuiet: Set<UInt32> = []
+    /// Every completion, in order (for scenario tests).
+    var completionLog: [(tag: UInt64, completion: LockManager.Completion)] = []
 
     init(seed: UInt64, names: Int) {
         rng = RecoveryRNG(seed: seed)
@@ -246,6 +248,7 @@ final class LockRecoverySim {
     }
 
     func completed(_ c: LockManager.Completion, node: UInt32) {
+        completionLog.append((c.tag, c))
         guard var lock = clients[c.tag] else {
             // A client of a dead incarnation never gets here (the node is gone); anything else is a bug.
             return problem("completion for unknown tag \(c.tag) lkid \(c.lkid) on n\(node): \(c.status)")
@@ -440,6 +443,63 @@ final class LockRecoverySim {
             }
         }
         lockActions(result.actions, node: node)
+    }
+
+    // MARK: - Deterministic calls (scenario tests)
+
+    /// A new lock on `node`; returns its client tag (nil if refused synchronously).
+    @discardableResult
+    func lock(_ node: UInt32, _ name: String, _ mode: LockMode, _ flags: LockFlags = [], lvb: [UInt8]? = nil) -> UInt64? {
+        let tag = nextTag
+        nextTag += 1
+        var n = nodes[node]!
+        let r = n.locks.lock(name: Array(name.utf8), mode: mode, flags: flags, lvb: lvb, pid: 100 + node, tag: tag,
+                             now: clock)
+        nodes[node] = n
+        if r.error == nil { clients[tag] = ClientLock(node: node, incarnation: n.incarnation, lkid: r.lkid, name: Array(name.utf8)) }
+        lockActions(r.actions, node: node)
+        return r.error == nil ? tag : nil
+    }
+
+    func convert(_ tag: UInt64, _ mode: LockMode, _ flags: LockFlags = [], lvb: [UInt8]? = nil) -> LockResult? {
+        let c = clients[tag]!
+        var n = nodes[c.node]!
+        let r = n.locks.convert(lkid: c.lkid, mode: mode, flags: flags, lvb: lvb, now: clock)
+        nodes[c.node] = n
+        if r.error == nil { clients[tag]!.opPending = true }
+        lockActions(r.actions, node: c.node)
+        return r.error
+    }
+
+    func unlock(_ tag: UInt64, _ flags: LockFlags = [], lvb: [UInt8]? = nil) -> LockResult? {
+        let c = clients[tag]!
+        var n = nodes[c.node]!
+        let r = n.locks.unlock(lkid: c.lkid, flags: flags, lvb: lvb, now: clock)
+        nodes[c.node] = n
+        if r.error == nil { clients[tag]!.unlockPending = true }
+        lockActions(r.actions, node: c.node)
+        return r.error
+    }
+
+    func cancel(_ tag: UInt64) -> LockResult? {
+        let c = clients[tag]!
+        var n = nodes[c.node]!
+        let r = n.locks.cancel(lkid: c.lkid, now: clock)
+        nodes[c.node] = n
+        lockActions(r.actions, node: c.node)
+        return r.error
+    }
+
+    func completions(_ tag: UInt64) -> [LockManager.Completion] {
+        completionLog.filter { $0.tag == tag }.map(\.completion)
+    }
+
+    /// The resource as its (single, running) master sees it.
+    func masterView(_ name: String) -> (node: UInt32, view: LockManager.ResourceView)? {
+        for id in members {
+            if let v = nodes[id]?.locks.resourceView(Array(name.utf8)), v.active, v.master == id { return (id, v) }
+        }
+        return nil
     }
 
     /// Inactive-rsb scans on running members (REMOVE to directory nodes).
