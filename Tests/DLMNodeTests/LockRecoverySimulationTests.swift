@@ -10,9 +10,12 @@ import Testing
 struct LockRecoverySimulationTests {
     /// One run: formation, then `changes` membership changes with client traffic before, during and
     /// after each; a drain at the end.
-    static func runScenario(seed: UInt64, changes: Int) -> LockRecoverySim {
+    static func runScenarioTraced(seed: UInt64) -> LockRecoverySim { runScenario(seed: seed, changes: 10, tracing: true) }
+
+    static func runScenario(seed: UInt64, changes: Int, tracing: Bool = false) -> LockRecoverySim {
         var rng = RecoveryRNG(seed: seed ^ 0x5EED)
-        let sim = LockRecoverySim(seed: seed, names: Int.random(in: 3...8, using: &rng))
+        let sim = LockRecoverySim(seed: seed, names: Int.random(in: 4...12, using: &rng))
+        sim.tracing = tracing
         let pool = UInt32(Int.random(in: 3...5, using: &rng))
         let ids = Array(1...pool)
         for id in ids { sim.weights[id] = [0, 1, 1, 1, 2].randomElement(using: &rng)! }
@@ -37,7 +40,7 @@ struct LockRecoverySimulationTests {
         }
 
         for _ in 0..<changes {
-            traffic(Int.random(in: 10...60, using: &rng))
+            traffic(Int.random(in: 20...80, using: &rng))
             let current = sim.members
             let outside = ids.filter { !current.contains($0) }
             switch Int.random(in: 0..<6, using: &rng) {
@@ -119,6 +122,7 @@ struct LockRecoverySimulationTests {
             total.lvbChecks += s.lvbChecks
             total.purged += s.purged
             total.rcomLocks += s.rcomLocks
+            total.rcomLookups += s.rcomLookups
             total.resends += s.resends
             total.fakedUnlockCancel += s.fakedUnlockCancel
             total.crashesWithTraffic += s.crashesWithTraffic
@@ -126,7 +130,7 @@ struct LockRecoverySimulationTests {
         let t = total
         print("lock recovery simulation batch \(batch): \(runs) seeds, \(t.steps) steps, \(t.changes) membership changes, "
             + "\(t.recoveries) node recoveries (\(t.interrupted) interrupted), \(t.crashesWithTraffic) crashes with "
-            + "traffic in flight, \(t.rcoms) RCOMs (\(t.rcomLocks) RCOM_LOCK), \(t.messages) DLM_MSGs, \(t.calls) "
+            + "traffic in flight, \(t.rcoms) RCOMs (\(t.rcomLookups) RCOM_LOOKUP, \(t.rcomLocks) RCOM_LOCK), \(t.messages) DLM_MSGs, \(t.calls) "
             + "client calls (\(t.accepted) accepted, \(t.completions) completions), \(t.purged) locks purged, "
             + "\(t.resends) resends, \(t.fakedUnlockCancel) unlock/cancel faked, checks: \(t.stepChecks) per-step, "
             + "\(t.lvbChecks) LVB, \(t.quiescentChecks) quiescent")

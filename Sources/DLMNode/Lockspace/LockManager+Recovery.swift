@@ -22,6 +22,9 @@ import NIOCore
 //   it (6.1 owners send those after their own fake reply; 6.1 would leave them stuck). KQ.
 // * The waiters post-pass only resends an operation that is still waiting for the reply it waited
 //   for in R6 (a reply processed from the requestqueue in R11 may have completed it).
+// * When a resent request ends instead (an unlock/cancel overlapped it), or any resource we now
+//   master is left with `res_first_lkid` naming a lock that waits for nothing, the master is
+//   confirmed so that requests parked behind it proceed (the kernel leaves them parked).
 
 /// The lock manager's recovery bookkeeping (see above).
 struct LockRecoveryState: Sendable {
@@ -559,7 +562,9 @@ extension LockManager {
                     let wasFirst = recoveryFirstLkid(name) == id
                     queueCast(id, ou ? .unlocked : .cancelled, lock: lock, endOfLife: true)
                     freeLkb(id)
-                    if wasFirst { confirmMaster(name, result: WireErrno.eagain) }
+                    // The kernel leaves res_first_lkid naming the freed lock (later requests would park
+                    // behind it for good unless the grant pass confirms the master): hand over instead.
+                    if wasFirst { confirmMaster(name, result: recoveryMaster(name) == us ? 0 : WireErrno.eagain) }
                 } else {
                     requestLock(id)
                     if recoveryMaster(name) == us { confirmMaster(name, result: 0) }
@@ -586,6 +591,15 @@ extension LockManager {
                 .lookupReply, .purge:
                 log("waiters_post \(String(id, radix: 16)): bad wait type \(type)")
             }
+        }
+        // Safety net (deliberate): a resource we now master whose first_lkid names a lock that no
+        // longer waits for a lookup/request reply would park every later request forever.
+        for name in recoveryAllNames() where recoveryMaster(name) == us {
+            let first = recoveryFirstLkid(name)
+            guard first != 0 else { continue }
+            if let lkb = recoveryLkb(first), lkb.waitType == .lookup || lkb.waitType == .request { continue }
+            log("waiters_post \(printable(name)): first_lkid \(String(first, radix: 16)) not waiting; confirm master")
+            confirmMaster(name, result: 0)
         }
         return drain()
     }
