@@ -51,6 +51,11 @@ extension PeerNode {
             if let unknown = members.first(where: { config.node($0.id) == nil }) {
                 throw PeerNodeError("\(name): node \(unknown.id) is not in \(config.file)")
             }
+            let reachable = Set(config.peers(of: nodeID).map(\.id)).union([nodeID])
+            if let stranger = members.first(where: { !reachable.contains($0.id) }) {
+                throw PeerNodeError("\(name): node \(stranger.id) shares no lockspace with node \(nodeID) in "
+                    + "\(config.file), so the transport has no connection for it")
+            }
             if Set(members.map(\.id)).count != members.count {
                 throw PeerNodeError("\(name): a node is listed twice")
             }

@@ -184,8 +184,9 @@ public final class PeerNode: @unchecked Sendable {
         case .statusChanged(let status):
             logger.debug("\(ls.name): recover_status \(status)")
         case .membersChanged(let added, let removed):
-            for n in added where n != nodeID { lowcomms?.memberAdded(n) }
+            // A renewed member is in both lists: drop the old incarnation before adding the new one.
             for n in removed where n != nodeID { lowcomms?.memberRemoved(n) }
+            for n in added where n != nodeID { lowcomms?.memberAdded(n) }
         case .lockingEnabled:
             logger.debug("\(ls.name): locking enabled")
         case .deliverLockMessage(let m, let node):
