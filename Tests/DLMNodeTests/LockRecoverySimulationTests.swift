@@ -105,7 +105,12 @@ struct LockRecoverySimulationTests {
             let seed = UInt64(batch * 100 + i) &* 0x9E37_79B9_7F4A
             let sim = Self.runScenario(seed: seed, changes: 10)
             #expect(sim.problems.isEmpty, "seed \(seed): \(sim.problems.prefix(6))")
-            if !sim.problems.isEmpty { return }
+            if !sim.problems.isEmpty {
+                // The same run again with a trace of every event, for whoever debugs it.
+                let traced = Self.runScenarioTraced(seed: seed)
+                print("seed \(seed), last events:\n" + traced.trace.suffix(60).joined(separator: "\n"))
+                return
+            }
             runs += 1
             let s = sim.stats
             total.steps += s.steps
