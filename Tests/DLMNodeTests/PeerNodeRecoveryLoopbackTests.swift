@@ -162,4 +162,57 @@ struct PeerNodeRecoveryLoopbackTests {
         try await p1.leave().get()
         try await p2.leave().get()
     }
+
+    @Test("node 3 crashes (its event loop dies, no FIN) holding an EX node 1 waits for; 1 and 2 recover")
+    func threeNodesOneCrashes() async throws {
+        let survivors = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let doomed = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        var failure: Error?
+        do { try await crashScenario(survivors, doomed) } catch { failure = error }
+        try? await doomed.shutdownGracefully()
+        try? await survivors.shutdownGracefully()
+        if let failure { throw failure }
+    }
+
+    func crashScenario(_ survivors: MultiThreadedEventLoopGroup, _ doomed: MultiThreadedEventLoopGroup) async throws {
+        let cfg = try Self.config(port: Int.random(in: 30000...60000))
+        let l1 = survivors.next(), l2 = survivors.next(), l3 = doomed.next()
+        let p1 = try await l1.submit { try PeerNode(config: cfg, nodeID: 1, eventLoop: l1) }.get()
+        let p2 = try await l2.submit { try PeerNode(config: cfg, nodeID: 2, eventLoop: l2) }.get()
+        let p3 = try await l3.submit { try PeerNode(config: cfg, nodeID: 3, eventLoop: l3) }.get()
+        for j in [p1.start(), p2.start(), p3.start()] { _ = try await j.get() }
+        let events = Events()
+        func lock(_ p: PeerNode, _ name: String, _ mode: LockMode, _ flags: LockFlags = []) async throws {
+            _ = try await p.lock(lockspace: "alpha", name: name, mode: mode, flags: flags,
+                                 onCompletion: { c in events.add(p.nodeID, name, c) }).get()
+        }
+        func statuses(_ node: UInt32, _ name: String) -> [LockResult] { events.completions(node, name).map(\.status) }
+
+        try await lock(p3, "held", .ex)
+        #expect(await Self.eventually { statuses(3, "held") == [.granted] })
+        try await lock(p1, "held", .ex)          // waits for node 3
+        try await lock(p3, "kept", .cr)          // node 3 masters "kept"
+        #expect(await Self.eventually { statuses(3, "kept") == [.granted] })
+        try await lock(p2, "kept", .pw)
+        #expect(await Self.eventually { statuses(2, "kept") == [.granted] })
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(statuses(1, "held").isEmpty)
+
+        // Crash: node 3's event loop stops; its sockets close without the DLM FIN handshake.
+        try await doomed.shutdownGracefully()
+        for p in [p1, p2] { try await p.stop(lockspace: "alpha") }
+        for p in [p1, p2] { try await p.start(lockspace: "alpha", members: [(1, 1), (2, 1)]) }
+        let r1 = try await p1.waitForRecovery(lockspace: "alpha")
+        let r2 = try await p2.waitForRecovery(lockspace: "alpha")
+        #expect(r1.departed == [3] && r2.departed == [3] && r1.members == [1, 2])
+
+        #expect(await Self.eventually { statuses(1, "held") == [.granted] }, "node 3's EX purged, the waiter granted")
+        // Node 2's PW on "kept" survived its master's death: a PR must wait, NOQUEUE is refused.
+        try await lock(p1, "kept", .pr, .noQueue)
+        #expect(await Self.eventually { statuses(1, "kept") == [.wouldBlock] })
+        try await lock(p1, "kept", .cr)
+        #expect(await Self.eventually { statuses(1, "kept") == [.wouldBlock, .granted] })
+        try await p1.leave().get()
+        try await p2.leave().get()
+    }
 }
