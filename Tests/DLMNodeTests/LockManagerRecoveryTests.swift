@@ -322,4 +322,32 @@ struct LockManagerRecoveryTests {
         #expect(sim.nodes[2]!.locks.hasOutstandingOperations == false)
         #expect(sim.masterView("s7-req")?.view.resource.grantQueue.map(\.grantedMode) == [.ex])
     }
+
+    @Test("S7 with overlaps: a cancel and a force-unlock in flight to the dying master each complete once")
+    func overlapsToDyingMaster() throws {
+        let sim = Self.cluster()
+        sim.lock(3, "o-queued", .ex)
+        sim.lock(3, "o-flight", .ex)
+        _ = sim.runUntilQuiescent()
+        // (a) the conversion is queued on the master (reply -EINPROGRESS came), then cancel + force-unlock.
+        let queued = try #require(sim.lock(2, "o-queued", .nl))
+        // (b) the conversion itself is still in flight too.
+        let flight = try #require(sim.lock(2, "o-flight", .nl))
+        _ = sim.runUntilQuiescent()
+        #expect(sim.convert(queued, .ex) == nil)
+        _ = sim.runUntilQuiescent()
+        #expect(sim.nodes[2]!.locks.lockView(sim.clients[queued]!.lkid)?.lock.status == .convert)
+        #expect(sim.cancel(queued) == nil)
+        #expect(sim.unlock(queued, .forceUnlock) == nil)
+        #expect(sim.convert(flight, .ex) == nil)
+        #expect(sim.cancel(flight) == nil)
+        #expect(sim.unlock(flight, .forceUnlock) == nil)
+        Self.removeNode3(sim)
+        #expect(sim.problems.isEmpty, "\(sim.problems)")
+        for tag in [queued, flight] {
+            #expect(sim.completions(tag).map(\.status) == [.granted, .cancelled, .unlocked], "tag \(tag)")
+            #expect(sim.completions(tag).last?.endOfLife == true)
+        }
+        #expect(sim.nodes[2]!.locks.lockViews.isEmpty)
+    }
 }

@@ -22,6 +22,10 @@ import NIOCore
 //   it (6.1 owners send those after their own fake reply; 6.1 would leave them stuck). KQ.
 // * The waiters post-pass only resends an operation that is still waiting for the reply it waited
 //   for in R6 (a reply processed from the requestqueue in R11 may have completed it).
+// * An overlapping force-unlock still waiting for a dead master after its cancel was faked is
+//   faked too (-DLM_EUNLOCK); 6.1 leaves it waiting forever.
+// * A conversion resent with both a cancel and a force-unlock overlapping is cancelled and then
+//   unlocked (6.1 only cancels it and drops the unlock).
 // * When a resent request ends instead (an unlock/cancel overlapped it), or any resource we now
 //   master is left with `res_first_lkid` naming a lock that waits for nothing, the master is
 //   confirmed so that requests parked behind it proceed (the kernel leaves them parked).
@@ -190,19 +194,29 @@ extension LockManager {
                 }
             case .unlock?:
                 fakeUnlockReply(id, result: WireErrno.dlmEUnlock)
+                fakeOverlapReplies(id)
             case .cancel?:
                 fakeCancelReply(id, result: WireErrno.dlmECancel)
+                // A force-unlock sent after the cancel waits for the same dead master. The kernel does
+                // not fake it here (its caller would wait forever); we do. KQ.
+                fakeOverlapReplies(id)
             case nil:
-                // The main reply came; the overlapping unlock/cancel's reply never will.
-                if lkb.overlapUnlock {
-                    fakeUnlockReply(id, result: lock.grantedMode == .iv ? WireErrno.enoent : WireErrno.dlmEUnlock)
-                } else if lkb.overlapCancel {
-                    fakeCancelReply(id, result: lock.grantedMode == .iv ? 0 : WireErrno.dlmECancel)
-                }
+                fakeOverlapReplies(id)
             case .requestReply?, .convertReply?, .unlockReply?, .cancelReply?, .grant?, .bast?, .lookup?, .remove?,
                 .lookupReply?, .purge?:
                 log("waiters_pre \(String(id, radix: 16)): unexpected wait type \(lkb.waitType!)")
             }
+        }
+    }
+
+    /// The main reply came (wait type 0); the overlapping unlock/cancel's reply never will: fake it
+    /// (unlock wins when both are pending).
+    mutating func fakeOverlapReplies(_ id: UInt32) {
+        guard let lkb = recoveryLkb(id), lkb.waitType == nil, let lock = entry(id) else { return }
+        if lkb.overlapUnlock {
+            fakeUnlockReply(id, result: lock.grantedMode == .iv ? WireErrno.enoent : WireErrno.dlmEUnlock)
+        } else if lkb.overlapCancel {
+            fakeCancelReply(id, result: lock.grantedMode == .iv ? 0 : WireErrno.dlmECancel)
         }
     }
 
@@ -571,18 +585,23 @@ extension LockManager {
                 }
             case .convert:
                 guard let master = recoveryMaster(name) else { continue }
+                // The kernel does only the cancel when both overlapped (the force-unlock is forgotten
+                // and its caller never hears back); we cancel the conversion and then unlock. KQ.
                 if oc {
                     var reverted: LockEntry?
                     recoveryUpdateResource(name) { reverted = $0.revertLock(id)?.lock }
                     queueCast(id, .cancelled, lock: reverted ?? lock)
-                } else if ou {
+                }
+                if ou {
                     updateEntry(id) { $0.flags.insert(.forceUnlock) }
                     if master == us {
                         unlockLocal(id, rsb: name)
                     } else if addToWaiters(id, .unlock, node: master) == nil, let current = entry(id) {
                         sendLockMessage(.unlock, lock: current, rsb: name, to: master)
                     }
-                } else if master == us {
+                }
+                if oc || ou { continue }
+                if master == us {
                     convertLocal(id, to: lock.requestedMode, flags: lock.flags)
                 } else {
                     convertRemote(id, to: lock.requestedMode, master: master)
