@@ -22,6 +22,8 @@ import NIOCore
 //   it (6.1 owners send those after their own fake reply; 6.1 would leave them stuck). KQ.
 // * The waiters post-pass only resends an operation that is still waiting for the reply it waited
 //   for in R6 (a reply processed from the requestqueue in R11 may have completed it).
+// * A cancel to a dead master of a lock that was granted meanwhile completes silently (6.1 fakes
+//   -DLM_ECANCEL for it).
 // * An overlapping force-unlock still waiting for a dead master after its cancel was faked is
 //   faked too (-DLM_EUNLOCK); 6.1 leaves it waiting forever.
 // * A conversion resent with both a cancel and a force-unlock overlapping is cancelled and then
@@ -234,6 +236,10 @@ extension LockManager {
         guard removeFromWaiters(id, .cancelReply, result: result), let name = recoveryLkb(id)?.name else { return }
         log("waiters_pre \(String(id, radix: 16)): cancel to departed master completes \(WireErrno.names[result] ?? "\(result)")")
         guard result == WireErrno.dlmECancel else { return }
+        // The lock was granted before the master died (its GRANT came, the cancel lost the race):
+        // nothing was cancelled, so no completion, as a real CANCEL_REPLY 0 would say. The kernel's
+        // stub reply says -DLM_ECANCEL regardless and the caller sees a cancel of a granted lock. KQ.
+        if entry(id)?.status == .granted { return }
         var reverted: (lock: LockEntry, change: Resource.RevertChange)?
         recoveryUpdateResource(name) { reverted = $0.revertLock(id) }
         guard let reverted else { return }
