@@ -53,69 +53,39 @@ struct LockRecoveryState: Sendable {
 }
 
 extension LockManager {
-    // MARK: - Storage accessors (the only places that touch `rsbs`/`lkbs` layout directly)
+    // MARK: - Storage helpers
+    //
+    // Recovery keys its bookkeeping by resource name (the root list, the flag sets), as the kernel's
+    // rsb flags belong to the rsb of that name; it reads and changes the rsbs in place through their
+    // slots (`rsbs[slot]...`, see the storage notes in LockManager.swift). A name is turned into a
+    // slot once per phase; a slot is not kept across phases (lock messages processed between them
+    // may remove an rsb and reuse its slot).
 
-    /// Every resource name we hold (active, inactive, directory records).
-    func recoveryAllNames() -> [[UInt8]] { rsbs.sortedNames }
-
-    func recoveryIsActive(_ name: [UInt8]) -> Bool { rsbs[name].map { $0.tossedAt == nil } ?? false }
-
-    func recoveryMaster(_ name: [UInt8]) -> UInt32? { rsbs[name]?.master }
-
-    mutating func recoverySetMaster(_ name: [UInt8], _ master: UInt32) { rsbs[name]?.master = master }
-
-    func recoveryResource(_ name: [UInt8]) -> Resource? { rsbs[name]?.resource }
-
-    mutating func recoveryUpdateResource(_ name: [UInt8], _ body: (inout Resource) -> Void) {
-        guard var r = rsbs[name] else { return }
-        body(&r.resource)
-        rsbs[name] = r
-    }
-
-    mutating func recoveryRemoveResource(_ name: [UInt8]) { rsbs[name] = nil }
-
-    /// A directory record (an inactive rsb naming `master`).
-    mutating func recoveryAddRecord(_ name: [UInt8], master: UInt32) {
-        var record = Rsb(name: name, hash: JHash.hash(name), resource: Resource(name: name, lvbLength: lvbLength))
-        record.master = master
-        record.tossedAt = now
-        rsbs[name] = record
-    }
+    /// The master of the rsb in `slot` (nil for a free slot).
+    func recoveryMaster(at slot: RsbSlot) -> UInt32? { rsbs.contains(slot) ? rsbs[slot].master : nil }
 
     func recoveryIsMasterCopy(_ id: UInt32) -> Bool { lkbs[id]?.isMasterCopy ?? false }
 
-    func recoveryLkb(_ id: UInt32) -> Lkb? { lkbs[id] }
-
-    mutating func recoveryUpdateLkb(_ id: UInt32, _ body: (inout Lkb) -> Void) {
-        guard var lkb = lkbs[id] else { return }
-        body(&lkb)
-        lkbs[id] = lkb
+    /// An inactive rsb naming `master`: a directory record (R4, RCOM_LOOKUP) or, without a
+    /// directory, a resource we master until its locks are rebuilt (RCOM_LOCK).
+    @discardableResult
+    mutating func recoveryAddInactive(_ name: [UInt8], hash: UInt32, master: UInt32) -> RsbSlot {
+        var record = Rsb(name: name, hash: hash, lvbLength: lvbLength)
+        record.master = master
+        record.tossedAt = now
+        return rsbs.insert(record)
     }
 
-    /// Our locks waiting for a reply (or with an overlapping unlock/cancel), by id.
+    /// Our locks waiting for a reply (or with an overlapping unlock/cancel), by ascending id.
     func recoveryWaiters() -> [UInt32] {
         lkbs.values.filter { !$0.isMasterCopy && ($0.waitType != nil || $0.overlapCancel || $0.overlapUnlock) }
-            .map(\.id).sorted()
+            .map(\.id)
     }
 
-    /// A master copy rebuilt from an RCOM_LOCK: queued on `name` with the given status.
-    mutating func recoveryAttachMasterCopy(_ entry: LockEntry, status: LockStatus, name: [UInt8]) {
-        guard var r = rsbs[name] else { return }
-        r.resource.insert(entry, status: status)
-        r.refs += 1
-        r.tossedAt = nil
-        rsbs[name] = r
-        lkbs[entry.id] = Lkb(id: entry.id, name: name, isMasterCopy: true, tag: 0, detached: nil)
+    /// `slots` ordered by their rsbs' names (the kernel walks its rsb tree in name order).
+    func sortedByName(_ slots: [RsbSlot]) -> [RsbSlot] {
+        slots.sorted { rsbs[$0].name.lexicographicallyPrecedes(rsbs[$1].name) }
     }
-
-    mutating func recoveryCreateResource(_ name: [UInt8], master: UInt32) {
-        var r = Rsb(name: name, hash: JHash.hash(name), resource: Resource(name: name, lvbLength: lvbLength))
-        r.master = master
-        r.tossedAt = now
-        rsbs[name] = r
-    }
-
-    func recoveryFirstLkid(_ name: [UInt8]) -> UInt32 { rsbs[name]?.firstLkid ?? 0 }
 
     // MARK: - Public surface for the node
 
@@ -136,41 +106,47 @@ extension LockManager {
         // setMembers drains the pending actions; keep them in order.
         out.append(contentsOf: setMembers(newMembers, now: now))
         // R0: forget inactive resources: directory records, cached masters, unused mastered rsbs.
-        var root: [[UInt8]] = []
-        for name in recoveryAllNames() {
-            if recoveryIsActive(name) {
-                root.append(name)
+        var active: [RsbSlot] = []
+        for slot in rsbs.allSlots {
+            if rsbs[slot].tossedAt == nil {
+                active.append(slot)
             } else {
-                recoveryRemoveResource(name)
+                let name = rsbs[slot].name
+                rsbs.remove(slot)
                 recovery.newMaster.remove(name)
                 recovery.newMaster2.remove(name)
                 recovery.recoverConvert.remove(name)
                 recovery.lvbInvalid.remove(name)
             }
         }
-        recovery.root = root
+        recovery.root = sortedByName(active).map { rsbs[$0].name }
         recovery.locksOut = [:]
         recovery.masterCopySeq = recovery.masterCopySeq.filter { lkbs[$0.key] != nil }
         recovery.resend = recovery.resend.filter { lkbs[$0.key] != nil }
     }
 
     public func masteredResourceNames() -> [[UInt8]] {
-        recovery.root.filter { recoveryIsActive($0) && recoveryMaster($0) == us }
+        recovery.root.filter { name in
+            guard let slot = rsbs.slot(of: name) else { return false }
+            return rsbs[slot].tossedAt == nil && rsbs[slot].master == us
+        }
     }
 
     // MARK: - R4: directory rebuild
 
     public mutating func directoryAdd(name: [UInt8], master: UInt32, _ context: RecoveryContext) -> DirectoryAddOutcome {
-        guard let old = recoveryMaster(name) else {
-            recoveryAddRecord(name, master: master)
+        let hash = JHash.hash(name)
+        guard let slot = rsbs.slot(of: name, hash: hash) else {
+            recoveryAddInactive(name, hash: hash, master: master)
             return .added
         }
+        let old = rsbs[slot].master
         if old == master { return .matched }
         if old == us { return .conflictKeptOurs }
-        recoverySetMaster(name, master)
+        rsbs[slot].master = master
         if old == 0 { return .added }
         // The node became master in an aborted recovery: our locks must go to it.
-        if recoveryIsActive(name) { recovery.newMaster.insert(name) }
+        if rsbs[slot].tossedAt == nil { recovery.newMaster.insert(name) }
         return .changedMaster(from: old)
     }
 
@@ -178,7 +154,7 @@ extension LockManager {
 
     public mutating func recoverWaitersPre(_ context: RecoveryContext) {
         for id in recoveryWaiters() {
-            guard let lkb = recoveryLkb(id), let lock = entry(id) else { continue }
+            guard let lkb = lkbs[id], let lock = entry(id) else { continue }
             if lkb.waitType == .lookup {
                 // The directory was rebuilt: every outstanding lookup is redone.
                 recovery.resend[id] = .lookup
@@ -214,7 +190,7 @@ extension LockManager {
     /// The main reply came (wait type 0); the overlapping unlock/cancel's reply never will: fake it
     /// (unlock wins when both are pending).
     mutating func fakeOverlapReplies(_ id: UInt32) {
-        guard let lkb = recoveryLkb(id), lkb.waitType == nil, let lock = entry(id) else { return }
+        guard let lkb = lkbs[id], lkb.waitType == nil, let lock = entry(id) else { return }
         if lkb.overlapUnlock {
             fakeUnlockReply(id, result: lock.grantedMode == .iv ? WireErrno.enoent : WireErrno.dlmEUnlock)
         } else if lkb.overlapCancel {
@@ -233,19 +209,17 @@ extension LockManager {
 
     /// `_receive_cancel_reply` with a stub message from the departed master.
     mutating func fakeCancelReply(_ id: UInt32, result: Int32) {
-        guard removeFromWaiters(id, .cancelReply, result: result), let name = recoveryLkb(id)?.name else { return }
+        guard removeFromWaiters(id, .cancelReply, result: result), let slot = lkbs[id]?.slot else { return }
         log("waiters_pre \(String(id, radix: 16)): cancel to departed master completes \(WireErrno.names[result] ?? "\(result)")")
         guard result == WireErrno.dlmECancel else { return }
         // The lock was granted before the master died (its GRANT came, the cancel lost the race):
         // nothing was cancelled, so no completion, as a real CANCEL_REPLY 0 would say. The kernel's
         // stub reply says -DLM_ECANCEL regardless and the caller sees a cancel of a granted lock. KQ.
         if entry(id)?.status == .granted { return }
-        var reverted: (lock: LockEntry, change: Resource.RevertChange)?
-        recoveryUpdateResource(name) { reverted = $0.revertLock(id) }
-        guard let reverted else { return }
+        guard rsbs.contains(slot), let reverted = rsbs[slot].resource.revertLock(id) else { return }
         switch reverted.change {
         case .removed:
-            recoveryUpdateLkb(id) { $0.detached = reverted.lock }
+            lkbs.setDetached(id, reverted.lock)
             queueCast(id, .cancelled, lock: reverted.lock, endOfLife: true)
             freeLkb(id)
         case .backToGranted, .none:
@@ -258,10 +232,10 @@ extension LockManager {
     public mutating func purgeDepartedLocks(_ context: RecoveryContext) -> Int {
         guard !context.departed.isEmpty else { return 0 }
         var count = 0
-        for name in recovery.root where recoveryMaster(name) == us {
-            guard let resource = recoveryResource(name) else { continue }
+        for name in recovery.root {
+            guard let slot = rsbs.slot(of: name), rsbs[slot].master == us else { continue }
             var purged = false
-            for lock in resource.allLocks where recoveryIsMasterCopy(lock.id) {
+            for lock in rsbs[slot].resource.allLocks where recoveryIsMasterCopy(lock.id) {
                 guard context.isDeparted(UInt32(bitPattern: lock.nodeID)) else { continue }
                 if lock.flags.contains(.valBlk) && lock.grantedMode.rawValue >= LockMode.pw.rawValue {
                     recovery.lvbInvalid.insert(name)
@@ -271,7 +245,7 @@ extension LockManager {
                 count += 1
                 purged = true
             }
-            if purged { recoveryUpdateResource(name) { $0.recoverGrant = true } }
+            if purged { rsbs[slot].resource.recoverGrant = true }
         }
         return count
     }
@@ -281,27 +255,28 @@ extension LockManager {
     public mutating func recoverMasters(_ context: RecoveryContext) -> [[UInt8]] {
         var lookups: [[UInt8]] = []
         for name in recovery.root {
-            guard let master = recoveryMaster(name) else { continue }
+            guard let slot = rsbs.slot(of: name) else { continue }
+            let master = rsbs[slot].master
             let dir = context.placement.directoryNode(of: name)
             if context.nodir {
                 // recover_master_static: every master copy not rebuilt in this pass goes.
-                for lock in recoveryResource(name)?.allLocks ?? [] where recoveryIsMasterCopy(lock.id) {
+                for lock in rsbs[slot].resource.allLocks where recoveryIsMasterCopy(lock.id) {
                     if recovery.masterCopySeq[lock.id] != context.seq {
                         freeLkb(lock.id)
                         recovery.masterCopySeq[lock.id] = nil
                     }
                 }
-                guard recoveryResource(name) != nil else { continue }
-                recoverySetMaster(name, dir)
-                setNewMasterLocks(name)
+                guard rsbs.contains(slot) else { continue }
+                rsbs[slot].master = dir
+                setNewMasterLocks(slot)
                 continue
             }
             if master == us { continue }
             let removed = master != 0 && context.isDeparted(master)
             guard removed || recovery.newMaster.contains(name) else { continue }
             if dir == us {
-                if removed { recoverySetMaster(name, us) }
-                setNewMasterLocks(name)
+                if removed { rsbs[slot].master = us }
+                setNewMasterLocks(slot)
             } else {
                 lookups.append(name)
             }
@@ -311,39 +286,41 @@ extension LockManager {
 
     /// `set_new_master`: our locks on the queues now belong to the resource's master; their remote
     /// ids are unknown until the LOCK_REPLY.
-    mutating func setNewMasterLocks(_ name: [UInt8]) {
-        guard let master = recoveryMaster(name), let resource = recoveryResource(name) else { return }
+    mutating func setNewMasterLocks(_ slot: RsbSlot) {
+        guard let master = recoveryMaster(at: slot) else { return }
         let node: Int32 = master == us ? 0 : Int32(bitPattern: master)
-        for lock in resource.allLocks where !recoveryIsMasterCopy(lock.id) {
-            recoveryUpdateResource(name) { r in
-                r.update(lock.id) { e in
-                    e.nodeID = node
-                    e.remoteID = 0
-                }
+        let ours = rsbs[slot].resource.allLocks.compactMap { recoveryIsMasterCopy($0.id) ? nil : $0.id }
+        for id in ours {
+            rsbs[slot].resource.update(id) { e in
+                e.nodeID = node
+                e.remoteID = 0
             }
         }
+        let name = rsbs[slot].name
         recovery.newMaster.insert(name)
         recovery.newMaster2.insert(name)
     }
 
     public mutating func setNewMaster(name: [UInt8], master: UInt32, _ context: RecoveryContext) {
-        guard recoveryMaster(name) != nil else {
+        guard let slot = rsbs.slot(of: name) else {
             log("recover_master_reply \(printable(name)): no rsb")
             return
         }
-        recoverySetMaster(name, master)
-        setNewMasterLocks(name)
+        rsbs[slot].master = master
+        setNewMasterLocks(slot)
     }
 
     public mutating func directoryRecoverMaster(name: [UInt8], requester: UInt32, _ context: RecoveryContext) -> Int32 {
-        guard let master = recoveryMaster(name) else {
-            recoveryAddRecord(name, master: requester)
+        let hash = JHash.hash(name)
+        guard let slot = rsbs.slot(of: name, hash: hash) else {
+            recoveryAddInactive(name, hash: hash, master: requester)
             return Int32(bitPattern: requester)
         }
+        let master = rsbs[slot].master
         if master == 0 || (master != us && context.isDeparted(master)) {
             // The first node to ask after its master departed becomes the master.
-            recoverySetMaster(name, requester)
-            if recoveryIsActive(name) { recovery.newMaster.insert(name) }
+            rsbs[slot].master = requester
+            if rsbs[slot].tossedAt == nil { recovery.newMaster.insert(name) }
             return Int32(bitPattern: requester)
         }
         return Int32(bitPattern: master)
@@ -354,7 +331,8 @@ extension LockManager {
     public mutating func locksToRecover(_ context: RecoveryContext) -> [ResourceLocksToRecover] {
         var groups: [ResourceLocksToRecover] = []
         for name in recovery.root {
-            guard let master = recoveryMaster(name), let resource = recoveryResource(name) else { continue }
+            guard let slot = rsbs.slot(of: name) else { continue }
+            let master = rsbs[slot].master
             if master == us {
                 recovery.newMaster.remove(name)
                 continue
@@ -362,7 +340,7 @@ extension LockManager {
             guard recovery.newMaster.contains(name) else { continue }
             var copies: [RecoveryLockCopy] = []
             for status in [LockStatus.granted, .convert, .waiting] {
-                for lock in resource.queue(status) where !recoveryIsMasterCopy(lock.id) {
+                for lock in rsbs[slot].resource.queue(status) where !recoveryIsMasterCopy(lock.id) {
                     copies.append(RecoveryLockCopy(lock: rcomLock(lock, status: status, name: name), lvb: lock.lvb))
                 }
             }
@@ -378,7 +356,7 @@ extension LockManager {
 
     /// `pack_rcom_lock`: the process copy as the new master rebuilds it.
     func rcomLock(_ lock: LockEntry, status: LockStatus, name: [UInt8]) -> RcomLock {
-        var waitType = UInt16(truncatingIfNeeded: recoveryLkb(lock.id)?.waitType?.rawValue ?? 0)
+        var waitType = UInt16(truncatingIfNeeded: lkbs[lock.id]?.waitType?.rawValue ?? 0)
         if recovery.resend[lock.id] == .convert
             && LockMode.isMiddleConversion(granted: lock.grantedMode, requested: lock.requestedMode)
         {
@@ -394,7 +372,7 @@ extension LockManager {
     }
 
     public mutating func lockRecovered(name: [UInt8], lockID: UInt32, remoteID: UInt32, result: Int32) {
-        guard let lkb = recoveryLkb(lockID), !lkb.isMasterCopy, lkb.name == name else {
+        guard let lkb = lkbs[lockID], !lkb.isMasterCopy, rsbs.contains(lkb.slot), rsbs[lkb.slot].name == name else {
             log("dlm_recover_process_copy no lkid \(String(lockID, radix: 16))")
             return
         }
@@ -413,14 +391,16 @@ extension LockManager {
         if lock.parentLkid != 0 { return (WireErrno.eopnotsupp, 0) }
         let name = Array(lock.name.readableBytesView)
         guard !name.isEmpty, name.count <= WireLimits.maxResourceNameLength else { return (WireErrno.einval, 0) }
+        let hash = JHash.hash(name)
+        var found = rsbs.slot(of: name, hash: hash)
         if context.nodir {
             guard context.placement.directoryNode(of: name) == us else { return (WireErrno.ebadr, 0) }
-            if recoveryMaster(name) == nil { recoveryCreateResource(name, master: us) }
+            if found == nil { found = recoveryAddInactive(name, hash: hash, master: us) }
         }
         // Directory mode: only an rsb we have (our own masters recovery may not have run yet).
-        guard let resource = recoveryResource(name) else { return (WireErrno.ebadr, 0) }
+        guard let slot = found else { return (WireErrno.ebadr, 0) }
         let owner = Int32(bitPattern: node)
-        if let existing = resource.allLocks.first(where: {
+        if let existing = rsbs[slot].resource.allLocks.first(where: {
             recoveryIsMasterCopy($0.id) && $0.nodeID == owner && $0.remoteID == lock.lkid
         }) {
             return (WireErrno.eexist, existing.id)
@@ -454,10 +434,14 @@ extension LockManager {
             recovery.recoverConvert.insert(name)
         }
         if status == .waiting { entry.grantedMode = .iv }
-        recoveryAttachMasterCopy(entry, status: status, name: name)
+        // The master copy, queued as rebuilt; the rsb is active again.
+        rsbs[slot].resource.insert(entry, status: status)
+        rsbs[slot].refs += 1
+        rsbs[slot].tossedAt = nil
+        lkbs[entry.id] = Lkb(id: entry.id, rsb: slot, isMasterCopy: true, tag: 0)
         recovery.masterCopySeq[entry.id] = context.seq
-        if let r = recoveryResource(name), !r.convertQueue.isEmpty || !r.waitQueue.isEmpty {
-            recoveryUpdateResource(name) { $0.recoverGrant = true }
+        if !rsbs[slot].resource.convertQueue.isEmpty || !rsbs[slot].resource.waitQueue.isEmpty {
+            rsbs[slot].resource.recoverGrant = true
         }
         return (0, entry.id)
     }
@@ -466,16 +450,17 @@ extension LockManager {
 
     public mutating func finishMasterRecovery(_ context: RecoveryContext) {
         for name in recovery.root {
-            guard recoveryResource(name) != nil else { continue }
-            if recoveryMaster(name) == us {
-                if recovery.recoverConvert.contains(name) { recoverConversion(name) }
-                recoverLVB(name)
-                if recovery.newMaster2.contains(name), let r = recoveryResource(name),
-                   !r.convertQueue.isEmpty || !r.waitQueue.isEmpty {
-                    recoveryUpdateResource(name) { $0.recoverGrant = true }
+            guard let slot = rsbs.slot(of: name) else { continue }
+            if rsbs[slot].master == us {
+                if recovery.recoverConvert.contains(name) { recoverConversion(slot) }
+                recoverLVB(slot, name: name)
+                if recovery.newMaster2.contains(name),
+                   !rsbs[slot].resource.convertQueue.isEmpty || !rsbs[slot].resource.waitQueue.isEmpty
+                {
+                    rsbs[slot].resource.recoverGrant = true
                 }
             } else {
-                recoveryUpdateResource(name) { $0.valueNotValid = false }
+                rsbs[slot].resource.valueNotValid = false
             }
             recovery.recoverConvert.remove(name)
             recovery.lvbInvalid.remove(name)
@@ -486,36 +471,45 @@ extension LockManager {
     /// `recover_conversion`: converting locks rebuilt with granted mode IV (6.1 owners) take the
     /// granted middle mode on the grant queue, or their requested mode; a converting middle lock
     /// whose granted mode clashes with the other middle mode held on the resource drops to NL
-    /// (newest kernels) and is granted by the grant pass.
-    mutating func recoverConversion(_ name: [UInt8]) {
-        guard let resource = recoveryResource(name) else { return }
-        let middle = resource.grantQueue.first { $0.grantedMode == .pr || $0.grantedMode == .cw }?.grantedMode
-        for lock in resource.convertQueue {
-            if lock.grantedMode == .iv {
-                let mode = middle ?? lock.requestedMode
-                log("recover_conversion \(String(lock.id, radix: 16)) set gr \(mode)")
-                recoveryUpdateResource(name) { r in r.update(lock.id) { $0.grantedMode = mode } }
-            } else if LockMode.isMiddleConversion(granted: lock.grantedMode, requested: lock.requestedMode) {
-                let other: LockMode = lock.grantedMode == .pr ? .cw : .pr
-                let clash = (resource.grantQueue + resource.convertQueue).contains {
-                    $0.id != lock.id && $0.grantedMode == other
-                }
-                if clash {
-                    log("recover_conversion \(String(lock.id, radix: 16)) gr \(lock.grantedMode) rq "
-                        + "\(lock.requestedMode): other gr \(other), set gr=NL")
-                    recoveryUpdateResource(name) { r in r.update(lock.id) { $0.grantedMode = .nl } }
+    /// (newest kernels) and is granted by the grant pass. Every decision reads the queues as they
+    /// were on entry; the changes are made afterwards, in place.
+    mutating func recoverConversion(_ slot: RsbSlot) {
+        guard rsbs.contains(slot) else { return }
+        var changes: [(id: UInt32, mode: LockMode)] = []
+        do {
+            // Read-only views of the queues, released before the changes below (a live copy would
+            // make them copy the queue arrays).
+            let grantQueue = rsbs[slot].resource.grantQueue
+            let convertQueue = rsbs[slot].resource.convertQueue
+            let middle = grantQueue.first { $0.grantedMode == .pr || $0.grantedMode == .cw }?.grantedMode
+            for lock in convertQueue {
+                if lock.grantedMode == .iv {
+                    let mode = middle ?? lock.requestedMode
+                    log("recover_conversion \(String(lock.id, radix: 16)) set gr \(mode)")
+                    changes.append((lock.id, mode))
+                } else if LockMode.isMiddleConversion(granted: lock.grantedMode, requested: lock.requestedMode) {
+                    let other: LockMode = lock.grantedMode == .pr ? .cw : .pr
+                    let clash = (grantQueue + convertQueue).contains { $0.id != lock.id && $0.grantedMode == other }
+                    if clash {
+                        log("recover_conversion \(String(lock.id, radix: 16)) gr \(lock.grantedMode) rq "
+                            + "\(lock.requestedMode): other gr \(other), set gr=NL")
+                        changes.append((lock.id, .nl))
+                    }
                 }
             }
+        }
+        for change in changes {
+            rsbs[slot].resource.update(change.id) { $0.grantedMode = change.mode }
         }
     }
 
     /// `recover_lvb` (recovery.md §3.11).
-    mutating func recoverLVB(_ name: [UInt8]) {
-        guard let resource = recoveryResource(name) else { return }
+    mutating func recoverLVB(_ slot: RsbSlot, name: [UInt8]) {
+        guard rsbs.contains(slot) else { return }
         guard recovery.newMaster2.contains(name) else {
             if recovery.lvbInvalid.contains(name) {
                 log("recover_lvb \(printable(name)): a departed PW/EX holder: VALNOTVALID")
-                recoveryUpdateResource(name) { $0.valueNotValid = true }
+                rsbs[slot].resource.valueNotValid = true
             }
             return
         }
@@ -523,7 +517,7 @@ extension LockManager {
         var high: LockEntry?
         var highSeq: UInt32 = 0
         var exists = false
-        for lock in resource.grantQueue + resource.convertQueue where lock.flags.contains(.valBlk) {
+        for lock in rsbs[slot].resource.grantQueue + rsbs[slot].resource.convertQueue where lock.flags.contains(.valBlk) {
             exists = true
             if lock.grantedMode.rawValue > LockMode.cr.rawValue {
                 big = lock
@@ -536,18 +530,16 @@ extension LockManager {
         }
         guard exists else { return }
         let zero = [UInt8](repeating: 0, count: lvbLength)
-        recoveryUpdateResource(name) { r in
-            if big == nil { r.valueNotValid = true }
-            if let big {
-                r.lvb = big.lvb ?? zero
-                r.lvbSeq = big.lvbSeq
-            } else if let high {
-                r.lvb = high.lvb ?? zero
-                r.lvbSeq = high.lvbSeq
-            } else {
-                r.lvb = zero
-                r.lvbSeq = 0
-            }
+        if big == nil { rsbs[slot].resource.valueNotValid = true }
+        if let big {
+            rsbs[slot].resource.lvb = big.lvb ?? zero
+            rsbs[slot].resource.lvbSeq = big.lvbSeq
+        } else if let high {
+            rsbs[slot].resource.lvb = high.lvb ?? zero
+            rsbs[slot].resource.lvbSeq = high.lvbSeq
+        } else {
+            rsbs[slot].resource.lvb = zero
+            rsbs[slot].resource.lvbSeq = 0
         }
     }
 
@@ -565,11 +557,11 @@ extension LockManager {
         let marked = recovery.resend.sorted { $0.key < $1.key }
         recovery.resend = [:]
         for (id, type) in marked {
-            guard let lkb = recoveryLkb(id), lkb.waitType == type, let lock = entry(id) else { continue }
-            let name = lkb.name
+            guard let lkb = lkbs[id], lkb.waitType == type, let lock = entry(id) else { continue }
+            let slot = lkb.slot
             let oc = lkb.overlapCancel
             let ou = lkb.overlapUnlock
-            recoveryUpdateLkb(id) { l in
+            lkbs.modify(id) { l in
                 l.waitType = nil
                 l.waitCount = 0
                 l.overlapCancel = false
@@ -579,38 +571,39 @@ extension LockManager {
             switch type {
             case .lookup, .request:
                 if oc || ou {
-                    let wasFirst = recoveryFirstLkid(name) == id
+                    let wasFirst = rsbs.contains(slot) && rsbs[slot].firstLkid == id
                     queueCast(id, ou ? .unlocked : .cancelled, lock: lock, endOfLife: true)
                     freeLkb(id)
                     // The kernel leaves res_first_lkid naming the freed lock (later requests would park
                     // behind it for good unless the grant pass confirms the master): hand over instead.
-                    if wasFirst { confirmMaster(name, result: recoveryMaster(name) == us ? 0 : WireErrno.eagain) }
+                    if wasFirst {
+                        confirmMaster(slot, result: recoveryMaster(at: slot) == us ? 0 : WireErrno.eagain)
+                    }
                 } else {
                     requestLock(id)
-                    if recoveryMaster(name) == us { confirmMaster(name, result: 0) }
+                    if recoveryMaster(at: slot) == us { confirmMaster(slot, result: 0) }
                 }
             case .convert:
-                guard let master = recoveryMaster(name) else { continue }
+                guard let master = recoveryMaster(at: slot) else { continue }
                 // The kernel does only the cancel when both overlapped (the force-unlock is forgotten
                 // and its caller never hears back); we cancel the conversion and then unlock. KQ.
                 if oc {
-                    var reverted: LockEntry?
-                    recoveryUpdateResource(name) { reverted = $0.revertLock(id)?.lock }
+                    let reverted = rsbs[slot].resource.revertLock(id)?.lock
                     queueCast(id, .cancelled, lock: reverted ?? lock)
                 }
                 if ou {
                     updateEntry(id) { $0.flags.insert(.forceUnlock) }
                     if master == us {
-                        unlockLocal(id, rsb: name)
+                        unlockLocal(id, rsb: slot)
                     } else if addToWaiters(id, .unlock, node: master) == nil, let current = entry(id) {
-                        sendLockMessage(.unlock, lock: current, rsb: name, to: master)
+                        sendLockMessage(.unlock, lock: current, rsb: slot, to: master)
                     }
                 }
                 if oc || ou { continue }
                 if master == us {
-                    convertLocal(id, to: lock.requestedMode, flags: lock.flags)
+                    convertLocal(id, rsb: slot, to: lock.requestedMode, flags: lock.flags)
                 } else {
-                    convertRemote(id, to: lock.requestedMode, master: master)
+                    convertRemote(id, rsb: slot, to: lock.requestedMode, master: master)
                 }
             case .unlock, .cancel, .requestReply, .convertReply, .unlockReply, .cancelReply, .grant, .bast, .remove,
                 .lookupReply, .purge:
@@ -618,13 +611,15 @@ extension LockManager {
             }
         }
         // Safety net (deliberate): a resource we now master whose first_lkid names a lock that no
-        // longer waits for a lookup/request reply would park every later request forever.
-        for name in recoveryAllNames() where recoveryMaster(name) == us {
-            let first = recoveryFirstLkid(name)
+        // longer waits for a lookup/request reply would park every later request forever. (Only
+        // rsbs with a first_lkid are candidates; each is checked again when its turn comes.)
+        let candidates = rsbs.allSlots.filter { rsbs[$0].master == us && rsbs[$0].firstLkid != 0 }
+        for slot in sortedByName(candidates) where recoveryMaster(at: slot) == us {
+            let first = rsbs[slot].firstLkid
             guard first != 0 else { continue }
-            if let lkb = recoveryLkb(first), lkb.waitType == .lookup || lkb.waitType == .request { continue }
-            log("waiters_post \(printable(name)): first_lkid \(String(first, radix: 16)) not waiting; confirm master")
-            confirmMaster(name, result: 0)
+            if let lkb = lkbs[first], lkb.waitType == .lookup || lkb.waitType == .request { continue }
+            log("waiters_post \(printable(rsbs[slot].name)): first_lkid \(String(first, radix: 16)) not waiting; confirm master")
+            confirmMaster(slot, result: 0)
         }
         return drain()
     }
@@ -636,19 +631,17 @@ extension LockManager {
     public mutating func recoverGrant(now: Duration) -> [Action] {
         self.now = now
         var count = 0
-        for name in recoveryAllNames() {
-            guard let resource = recoveryResource(name), resource.recoverGrant else { continue }
-            guard recoveryMaster(name) == us else {
-                recoveryUpdateResource(name) { $0.recoverGrant = false }
+        let flagged = sortedByName(rsbs.allSlots.filter { rsbs[$0].resource.recoverGrant })
+        for slot in flagged {
+            guard rsbs.contains(slot), rsbs[slot].resource.recoverGrant else { continue }
+            guard rsbs[slot].master == us else {
+                rsbs[slot].resource.recoverGrant = false
                 continue
             }
-            var effects: [LockEffect] = []
-            recoveryUpdateResource(name) { r in
-                effects = r.grantPendingLocks()
-                r.recoverGrant = false
-            }
-            runEffects(effects, rsb: name)
-            confirmMaster(name, result: 0)
+            let effects = rsbs[slot].resource.grantPendingLocks()
+            rsbs[slot].resource.recoverGrant = false
+            runEffects(effects, rsb: slot)
+            confirmMaster(slot, result: 0)
             count += 1
         }
         if count > 0 { log("dlm_recover_grant \(count) resources") }

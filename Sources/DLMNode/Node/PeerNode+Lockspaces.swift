@@ -28,7 +28,7 @@ extension PeerNode {
     /// stopped lockspace is harmless.
     public func stop(lockspace name: String) async throws {
         try await eventLoop.submit { [self] in
-            let ls = try lockspaceState(named: name)
+            let ls = try requireLockspace(named: name)
             // Our local calls run to completion on this loop, so none is "inside" the lockspace now.
             logger.info("\(name): stop")
             run(ls, .stop)
@@ -43,7 +43,7 @@ extension PeerNode {
     public func start(lockspace name: String, members: [(id: UInt32, weight: Int)],
                       renewed: Set<UInt32> = []) async throws -> LockspaceStartOutcome {
         try await eventLoop.submit { [self] in
-            let ls = try lockspaceState(named: name)
+            let ls = try requireLockspace(named: name)
             guard !members.isEmpty else { throw PeerNodeError("\(name): start with no members") }
             guard members.contains(where: { $0.id == nodeID }) else {
                 throw PeerNodeError("\(name): the member list must include this node (\(nodeID))")
@@ -72,7 +72,7 @@ extension PeerNode {
     public func waitForRecovery(lockspace name: String) async throws -> RecoveryReport {
         try await eventLoop.flatSubmit { [self] () -> EventLoopFuture<RecoveryReport> in
             let ls: LockspaceState
-            do { ls = try lockspaceState(named: name) } catch { return eventLoop.makeFailedFuture(error) }
+            do { ls = try requireLockspace(named: name) } catch { return eventLoop.makeFailedFuture(error) }
             if ls.recovery.isRunning, let last = ls.lastRecovery { return eventLoop.makeSucceededFuture(last) }
             let promise = eventLoop.makePromise(of: RecoveryReport.self)
             ls.recoveryWaiters.append(promise)
@@ -80,9 +80,9 @@ extension PeerNode {
         }.get()
     }
 
-    func lockspaceState(named name: String) throws -> LockspaceState {
+    func requireLockspace(named name: String) throws -> LockspaceState {
         eventLoop.assertInEventLoop()
-        guard let ls = lockspaces.values.first(where: { $0.name == name }) else {
+        guard let ls = lockspaceState(named: name) else {
             throw PeerNodeError("not a member of lockspace \(name)")
         }
         return ls
