@@ -88,11 +88,20 @@ extension PeerNode {
         return ls
     }
 
-    /// Runs `body` now if locking is enabled, else once the next recovery completes.
-    func whenRunning<T>(_ ls: LockspaceState, _ body: @escaping () throws -> T) -> EventLoopFuture<T> {
+    /// Runs `body` now if locking is enabled, else once the next recovery completes (in call order
+    /// with the other waiting calls). If the lockspace goes away first (the node leaves it, or its
+    /// join fails), the call fails with `abandoned(why, reason)`.
+    func whenRunning<T: Sendable>(_ ls: LockspaceState,
+                        abandoned: @escaping (BlockedCallEnd, String) -> Error = { PeerNodeError($1) },
+                        _ body: @escaping () throws -> T) -> EventLoopFuture<T> {
         if ls.recovery.isRunning { return eventLoop.makeCompletedFuture { try body() } }
+        if ls.failed {
+            return eventLoop.makeFailedFuture(abandoned(.joinFailed, "lockspace \(ls.name) could not be joined"))
+        }
         let promise = eventLoop.makePromise(of: T.self)
-        ls.blockedCalls.append { promise.completeWith(Result { try body() }) }
+        ls.blockedCalls.append(BlockedCall(
+            run: { promise.completeWith(Result { try body() }) },
+            abandon: { why, reason in promise.fail(abandoned(why, reason)) }))
         return promise.futureResult
     }
 
@@ -102,7 +111,33 @@ extension PeerNode {
         ls.blockedCalls = []
         for call in calls {
             // A stop issued by one of them holds back the rest again.
-            if ls.recovery.isRunning { call() } else { ls.blockedCalls.append(call) }
+            if ls.recovery.isRunning { call.run() } else { ls.blockedCalls.append(call) }
         }
     }
+
+    /// The lockspace goes away (leave, failed join): the calls waiting for locking fail, and so do
+    /// the `waitForRecovery` callers.
+    func abandonBlockedCalls(_ ls: LockspaceState, _ why: BlockedCallEnd, reason: String) {
+        let calls = ls.blockedCalls
+        ls.blockedCalls = []
+        for call in calls { call.abandon(why, reason) }
+        let waiters = ls.recoveryWaiters
+        ls.recoveryWaiters = []
+        for w in waiters { w.fail(PeerNodeError(reason)) }
+    }
+}
+
+/// Why a call that waited for locking to be enabled will never run.
+enum BlockedCallEnd: Sendable {
+    /// The node left the lockspace.
+    case left
+    /// The lockspace's join failed.
+    case joinFailed
+}
+
+/// A local call made while locking is stopped (the kernel blocks it): run after the next recovery,
+/// or abandoned when the lockspace goes away.
+struct BlockedCall {
+    var run: () -> Void
+    var abandon: (BlockedCallEnd, String) -> Void
 }

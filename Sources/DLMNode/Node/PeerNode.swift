@@ -36,8 +36,9 @@ public final class PeerNode: @unchecked Sendable {
         var failed = false
         /// Locks taken through the Swift API (`DLMLockspace`), by lkid (API/PeerNode+API.swift).
         var api: [UInt32: DLMLockRouter] = [:]
-        /// Local lock calls made while locking is stopped (the kernel blocks them); run after recovery.
-        var blockedCalls: [() -> Void] = []
+        /// Local lock calls (PeerNode.lock/unlock and the Swift API) made while locking is stopped
+        /// or the join is under way (the kernel blocks them); run after the next recovery.
+        var blockedCalls: [BlockedCall] = []
         /// `waitForRecovery` callers: completed by the next recovery that ends (done or failed).
         var recoveryWaiters: [EventLoopPromise<RecoveryReport>] = []
 
@@ -126,6 +127,7 @@ public final class PeerNode: @unchecked Sendable {
         ls.timer = nil
         ls.failed = true
         failAPILocks(ls, reason: "the join of lockspace \(ls.name) failed")
+        abandonBlockedCalls(ls, .joinFailed, reason: "lockspace \(ls.name) could not be joined")
         for n in ls.recovery.memberIDs where n != nodeID { lowcomms?.memberRemoved(n) }
         logger.info("\(ls.name): not joined; the lockspace is dropped in \(Self.failedLockspaceGrace)")
         eventLoop.scheduleTask(in: Self.failedLockspaceGrace) { [weak self, ls] in
@@ -143,6 +145,7 @@ public final class PeerNode: @unchecked Sendable {
         eventLoop.flatSubmit { [self] in
             for (_, ls) in lockspaces {
                 failAPILocks(ls, reason: "the node left lockspace \(ls.name)")
+                abandonBlockedCalls(ls, .left, reason: "the node left lockspace \(ls.name)")
                 ls.timer?.cancel()
                 logger.info("leaving lockspace \(ls.name)")
                 if ls.failed { continue }     // its members were released when its join failed
