@@ -84,7 +84,10 @@ extension LockManager {
 
     /// `slots` ordered by their rsbs' names (the kernel walks its rsb tree in name order).
     func sortedByName(_ slots: [RsbSlot]) -> [RsbSlot] {
-        slots.sorted { rsbs[$0].name.lexicographicallyPrecedes(rsbs[$1].name) }
+        // Each name read once (not once per comparison).
+        slots.map { (name: rsbs[$0].name, slot: $0) }
+            .sorted { $0.name.lexicographicallyPrecedes($1.name) }
+            .map(\.slot)
     }
 
     // MARK: - Public surface for the node
@@ -613,7 +616,10 @@ extension LockManager {
         // Safety net (deliberate): a resource we now master whose first_lkid names a lock that no
         // longer waits for a lookup/request reply would park every later request forever. (Only
         // rsbs with a first_lkid are candidates; each is checked again when its turn comes.)
-        let candidates = rsbs.allSlots.filter { rsbs[$0].master == us && rsbs[$0].firstLkid != 0 }
+        let candidates = rsbs.allSlots.filter { slot in
+            let r = rsbs[slot]
+            return r.master == us && r.firstLkid != 0
+        }
         for slot in sortedByName(candidates) where recoveryMaster(at: slot) == us {
             let first = rsbs[slot].firstLkid
             guard first != 0 else { continue }
