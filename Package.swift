@@ -91,6 +91,7 @@ let package = Package(
                 "DLMNode",
                 "DLMTransport",
                 .product(name: "NIOCore", package: "swift-nio"),
+                // Real PeerNodes on loopback (PeerNodeRecoveryLoopbackTests).
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -129,8 +129,9 @@ extension PeerNode {
         lockspaces.values.first { $0.name == name }
     }
 
-    /// Runs `body` on the loop with lockspace `name` once its join's recovery is done (API calls
-    /// wait while the lockspace is joining, as `dlm_lock` blocks during recovery).
+    /// Runs `body` on the loop with lockspace `name` once locking is enabled: API calls wait while
+    /// the lockspace is joining or stopped for a membership change, as `dlm_lock` blocks during
+    /// recovery (in call order with `PeerNode.lock`'s waiting calls; PeerNode+Lockspaces.swift).
     func onJoined<T: Sendable>(_ name: String, _ body: @escaping @Sendable (LockspaceState) throws -> EventLoopFuture<T>)
         -> EventLoopFuture<T>
     {
@@ -138,17 +139,13 @@ extension PeerNode {
             guard let ls = lockspaceState(named: name) else {
                 return eventLoop.makeFailedFuture(DLMError(.einval, "not a member of lockspace \(name)"))
             }
-            if let joining = ls.joined {
-                return joining.futureResult.flatMapErrorThrowing { error in
-                    throw DLMError(.einval, "lockspace \(name) could not be joined: \(error)")
-                }.flatMap { [self] _ in
-                    guard let ls = lockspaceState(named: name) else {
-                        return eventLoop.makeFailedFuture(DLMError(.eshutdown, "the node left lockspace \(name)"))
-                    }
-                    return eventLoop.makeCompletedFuture { try body(ls) }.flatMap { $0 }
+            let abandoned: (BlockedCallEnd, String) -> Error = { why, reason in
+                switch why {
+                case .left: return DLMError(.eshutdown, reason)
+                case .joinFailed: return DLMError(.einval, reason)
                 }
             }
-            return eventLoop.makeCompletedFuture { try body(ls) }.flatMap { $0 }
+            return whenRunning(ls, abandoned: abandoned) { try body(ls) }.flatMap { $0 }
         }
     }
 

@@ -13,7 +13,7 @@ import NIOCore
 /// queues and value blocks are the grant engine's (`Resource`); this type turns its outcomes into
 /// messages and callbacks.
 ///
-/// Recovery (node failures, RCOM) is not handled here.
+/// Recovery (node failures, RCOM) is in `LockManager+Recovery.swift`.
 ///
 /// ## Storage (for code that reads or changes the tables, e.g. recovery)
 ///
@@ -191,6 +191,8 @@ public struct LockManager: Sendable {
     var lastScan: Duration?
     var now: Duration = .zero
     var out: [Action] = []
+    /// Recovery bookkeeping (`LockManager+Recovery.swift`).
+    var recovery = LockRecoveryState()
 
     var us: UInt32 { config.ourNodeID }
     var lvbLength: Int { config.lvbLength }

@@ -4,8 +4,9 @@ import NIOCore
 import NIOPosix
 
 /// The node's local control socket (a Unix domain socket): one request line in, one JSON
-/// document out, then the server closes. Requests: `status`, and the lock requests of
-/// `ControlRequest` (`hold` keeps the connection open; see LockControlSession).
+/// document out, then the server closes. Requests: `status`, `ls-stop`, `ls-start`
+/// (LockspaceControlRequests), and the lock requests of `ControlRequest` (`hold` keeps the
+/// connection open; see LockControlSession).
 public final class ControlServer: Sendable {
     public let path: String
     private let channel: Channel
@@ -95,6 +96,15 @@ final class ControlHandler: ChannelInboundHandler {
             var rest = request.getSlice(at: newline + 1, length: request.writerIndex - newline - 1) ?? ByteBuffer()
             if rest.readableBytes > 0 { session.received(&rest) }
         default:
+            // ls-stop / ls-start (LockspaceControlRequests.swift).
+            if let answer = LockspaceControlRequests.answer(line, node: node) {
+                answer.whenSuccess { text in
+                    ctx.value.writeAndFlush(NIOAny(ByteBuffer(string: text + "\n"))).whenComplete { _ in
+                        ctx.value.close(promise: nil)
+                    }
+                }
+                return
+            }
             var out = context.channel.allocator.buffer(capacity: 64)
             out.writeString("{\"error\":\"unknown request: \(line.prefix(40))\"}\n")
             context.writeAndFlush(NIOAny(out)).whenComplete { _ in ctx.value.close(promise: nil) }

@@ -9,9 +9,9 @@ import Glibc
 /// all on one event loop. It joins every lockspace the config lists it in, takes part in
 /// recovery as a kernel node would, and leaves with the FIN handshake.
 ///
-/// Lock traffic (DLM_MSG) goes to the lockspace's `LockManager` once the join's recovery is
-/// done: the node serves as directory node, master and requester. Lock state does not yet take
-/// part in later recoveries (a membership change after the join), which is issue 5/6 work.
+/// Lock traffic (DLM_MSG) goes to the lockspace's `LockManager`, which is also the recovery
+/// machine's lock state: locks survive membership changes (`stop(lockspace:)` /
+/// `start(lockspace:members:)`, see PeerNode+Lockspaces.swift) as on a kernel node.
 public final class PeerNode: @unchecked Sendable {
     public let config: ClusterConfig
     public let nodeID: UInt32
@@ -25,7 +25,6 @@ public final class PeerNode: @unchecked Sendable {
     final class LockspaceState: @unchecked Sendable {
         let name: String
         var recovery: LockspaceRecovery
-        var table: RecoveryLockTable
         var timer: Scheduled<Void>?
         /// Completed by the first recovery (the join); later recoveries only log.
         var joined: EventLoopPromise<RecoveryReport>?
@@ -37,12 +36,16 @@ public final class PeerNode: @unchecked Sendable {
         var failed = false
         /// Locks taken through the Swift API (`DLMLockspace`), by lkid (API/PeerNode+API.swift).
         var api: [UInt32: DLMLockRouter] = [:]
+        /// Local lock calls (PeerNode.lock/unlock and the Swift API) made while locking is stopped
+        /// or the join is under way (the kernel blocks them); run after the next recovery.
+        var blockedCalls: [BlockedCall] = []
+        /// `waitForRecovery` callers: completed by the next recovery that ends (done or failed).
+        var recoveryWaiters: [EventLoopPromise<RecoveryReport>] = []
 
-        init(name: String, recovery: LockspaceRecovery, table: RecoveryLockTable, locks: LockManager,
+        init(name: String, recovery: LockspaceRecovery, locks: LockManager,
              joined: EventLoopPromise<RecoveryReport>) {
             self.name = name
             self.recovery = recovery
-            self.table = table
             self.locks = locks
             self.joined = joined
         }
@@ -102,7 +105,6 @@ public final class PeerNode: @unchecked Sendable {
                                                  lvbLength: ls.lvbLength,
                                                  protocolVersion: config.node(nodeID)?.protocolVersion ?? .v3_2)
         let state = LockspaceState(name: ls.name, recovery: LockspaceRecovery(config: rc),
-                                   table: RecoveryLockTable(ourNodeID: nodeID, lvbLength: ls.lvbLength),
                                    locks: LockManager(lmConfig), joined: promise)
         if tickTask == nil {
             tickTask = eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in
@@ -125,6 +127,7 @@ public final class PeerNode: @unchecked Sendable {
         ls.timer = nil
         ls.failed = true
         failAPILocks(ls, reason: "the join of lockspace \(ls.name) failed")
+        abandonBlockedCalls(ls, .joinFailed, reason: "lockspace \(ls.name) could not be joined")
         for n in ls.recovery.memberIDs where n != nodeID { lowcomms?.memberRemoved(n) }
         logger.info("\(ls.name): not joined; the lockspace is dropped in \(Self.failedLockspaceGrace)")
         eventLoop.scheduleTask(in: Self.failedLockspaceGrace) { [weak self, ls] in
@@ -142,6 +145,7 @@ public final class PeerNode: @unchecked Sendable {
         eventLoop.flatSubmit { [self] in
             for (_, ls) in lockspaces {
                 failAPILocks(ls, reason: "the node left lockspace \(ls.name)")
+                abandonBlockedCalls(ls, .left, reason: "the node left lockspace \(ls.name)")
                 ls.timer?.cancel()
                 logger.info("leaving lockspace \(ls.name)")
                 if ls.failed { continue }     // its members were released when its join failed
@@ -194,8 +198,12 @@ public final class PeerNode: @unchecked Sendable {
 
     // MARK: - Recovery actions
 
-    private func run(_ ls: LockspaceState, _ event: RecoveryEvent) {
-        let actions = ls.recovery.handle(event, now: .now(), locks: &ls.table)
+    func run(_ ls: LockspaceState, _ event: RecoveryEvent) {
+        ls.locks.now = elapsed
+        let actions = ls.recovery.handle(event, now: .now(), locks: &ls.locks)
+        // What the recovery hooks did to local locks (completions of unlocks/cancels to departed
+        // masters) comes first: it happened inside `handle`.
+        perform(ls.locks.takeActions(), ls)
         for action in actions { perform(action, ls) }
     }
 
@@ -206,25 +214,29 @@ public final class PeerNode: @unchecked Sendable {
         case .statusChanged(let status):
             logger.debug("\(ls.name): recover_status \(status)")
         case .membersChanged(let added, let removed):
-            for n in added where n != nodeID { lowcomms?.memberAdded(n) }
+            // A renewed member is in both lists: drop the old incarnation before adding the new one.
             for n in removed where n != nodeID { lowcomms?.memberRemoved(n) }
+            for n in added where n != nodeID { lowcomms?.memberAdded(n) }
         case .lockingEnabled:
             logger.debug("\(ls.name): locking enabled")
         case .deliverLockMessage(let m, let node):
             perform(ls.locks.receive(m, from: node, now: elapsed), ls)
-        case .resendInFlightOperations, .grantPass:
-            break
+        case .resendInFlightOperations:
+            perform(ls.locks.recoverWaitersPost(now: elapsed), ls)
+        case .grantPass:
+            perform(ls.locks.recoverGrant(now: elapsed), ls)
         case .recoveryDone(let report):
             logger.info("\(ls.name): recovery done: generation \(report.generation), members \(report.members)")
             ls.lastRecovery = report
-            let members = ls.recovery.memberIDs.map { id in
-                LockManager.Member(nodeID: id, weight: config.node(id)?.weight ?? 1)
-            }
-            perform(ls.locks.setMembers(members, now: elapsed), ls)
             ls.joined?.succeed(report)
             ls.joined = nil
+            for w in ls.recoveryWaiters { w.succeed(report) }
+            ls.recoveryWaiters = []
+            runBlockedCalls(ls)
         case .recoveryFailed(let failure):
             logger.error("\(ls.name): recovery failed: \(failure)")
+            for w in ls.recoveryWaiters { w.fail(PeerNodeError("\(ls.name): recovery failed: \(failure)")) }
+            ls.recoveryWaiters = []
             if let joined = ls.joined {
                 // The join failed: as the kernel's failed create, the lockspace is gone and its
                 // members no longer count as users of their sessions, so a peer that closes
@@ -260,33 +272,38 @@ extension PeerNode {
     public func lock(lockspace: String, name: String, mode: LockMode, flags: LockFlags = [],
                      onCompletion: @escaping @Sendable (LockManager.Completion) -> Void,
                      onBlocking: @escaping @Sendable (LockMode) -> Void = { _ in }) -> EventLoopFuture<UInt32> {
-        eventLoop.submit { [self] in
+        eventLoop.flatSubmit { [self] in
             guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
-                throw PeerNodeError("not a member of lockspace \(lockspace)")
+                return eventLoop.makeFailedFuture(PeerNodeError("not a member of lockspace \(lockspace)"))
             }
-            let tag = nextTag
-            nextTag += 1
-            ls.clients[tag] = LocalLock(name: name, onCompletion: onCompletion, onBlocking: onBlocking)
-            let result = ls.locks.lock(name: Array(name.utf8), mode: mode, flags: flags, pid: UInt32(getpid()),
-                                       tag: tag, now: elapsed)
-            perform(result.actions, ls)
-            if let error = result.error {
-                ls.clients[tag] = nil
-                throw PeerNodeError("lock \(name) \(mode): \(error)")
+            // While the lockspace is stopped the call waits (as a kernel caller blocks).
+            return whenRunning(ls) { [self] in
+                let tag = nextTag
+                nextTag += 1
+                ls.clients[tag] = LocalLock(name: name, onCompletion: onCompletion, onBlocking: onBlocking)
+                let result = ls.locks.lock(name: Array(name.utf8), mode: mode, flags: flags, pid: UInt32(getpid()),
+                                           tag: tag, now: elapsed)
+                perform(result.actions, ls)
+                if let error = result.error {
+                    ls.clients[tag] = nil
+                    throw PeerNodeError("lock \(name) \(mode): \(error)")
+                }
+                return result.lkid
             }
-            return result.lkid
         }
     }
 
     /// Releases lock `lkid` of `lockspace`; its completion reports -DLM_EUNLOCK.
     public func unlock(lockspace: String, lkid: UInt32) -> EventLoopFuture<Void> {
-        eventLoop.submit { [self] in
+        eventLoop.flatSubmit { [self] in
             guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
-                throw PeerNodeError("not a member of lockspace \(lockspace)")
+                return eventLoop.makeFailedFuture(PeerNodeError("not a member of lockspace \(lockspace)"))
             }
-            let result = ls.locks.unlock(lkid: lkid, now: elapsed)
-            perform(result.actions, ls)
-            if let error = result.error { throw PeerNodeError("unlock \(lkid): \(error)") }
+            return whenRunning(ls) { [self] in
+                let result = ls.locks.unlock(lkid: lkid, now: elapsed)
+                perform(result.actions, ls)
+                if let error = result.error { throw PeerNodeError("unlock \(lkid): \(error)") }
+            }
         }
     }
 
@@ -326,7 +343,8 @@ extension PeerNode {
     }
 
     func tick() {
-        for ls in lockspaces.values { perform(ls.locks.tick(now: elapsed), ls) }
+        // The inactive-rsb scan skips lockspaces in recovery (as dlm_scand does).
+        for ls in lockspaces.values where ls.recovery.isRunning { perform(ls.locks.tick(now: elapsed), ls) }
     }
 
     func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {

@@ -107,8 +107,8 @@ public struct ResourceLocksToRecover: Hashable, Sendable {
     }
 }
 
-/// What recovery needs from the lock manager and the directory (implemented by the lock layer;
-/// `RecoveryLockTable` is a small reference implementation). All calls are synchronous and local:
+/// What recovery needs from the lock manager and the directory (implemented by `LockManager`,
+/// LockManager+Recovery.swift; `RecoveryLockTable` is a small reference model for the simulation). All calls are synchronous and local:
 /// the recovery machine decides what goes on the wire.
 public protocol RecoveryLockState {
     /// R0 and R2: forget inactive resources (no locks: cached masters, directory-only entries),
