@@ -13,7 +13,7 @@ struct BenchCommand: ParsableCommand {
             need libMallocInterposerSwift.so beside the binary (scripts/bench builds it); the \
             command then re-runs itself with it preloaded.
             """,
-        subcommands: [CodecBench.self, TransportBench.self, LockBench.self])
+        subcommands: [CodecBench.self, TransportBench.self, LockBench.self, RecoveryBench.self])
 }
 
 struct BenchOptions: ParsableArguments {
