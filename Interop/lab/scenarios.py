@@ -1235,6 +1235,93 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     leave_all(c, ck, list(reversed(kernels)))
 
 
+def peer_lock_state(c, pid, lkid):
+    """(queue, grmode) of dlm-peer's own lock `lkid`, from its `locks` dump; None if gone."""
+    for r in peerctl.as_dump(peerctl.locks_json(pid, LS)).values():
+        for l in r.locks:
+            if l.lkid == lkid and l.nodeid is None:
+                return l.queue, l.grmode
+    return None
+
+
+def sc_peer_contend(c, ck):
+    """Issue 6's interop list, between a kernel's lock client and dlm-peer, on a resource
+    mastered by dlm-peer and on one mastered by the kernel: LVB written by each side (dlm-peer
+    by an EX->NL down-conversion with VALBLK, the kernel by an unlock with VALBLK) and read by
+    the other with a PR|VALBLK request; a cancel of a queued request; an up-conversion PR->EX
+    that waits for the other side's PR and is granted after its unlock (the kernel gets the
+    blocking callback); a down-conversion EX->PR after which the other side's PR is granted."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    k1 = kernels[0]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
+    c.agent_start(k1, LS)
+    for res, first in (("pc-p", "peer"), ("pc-k", "kernel")):
+        tag = "t" + res.replace("-", "")
+        # the first locker masters res and writes the LVB; the other side reads it
+        if first == "peer":
+            lvb = "70656572" + "00" * 28          # "peer"
+            a = peer_lock(c, ck, pid, res, "EX", flags=("VALBLK",))
+            ck.require(a.get("status") == "granted", "%s: dlm-peer EX: %s" % (res, a))
+            lk = int(a["lkid"])
+            a = peerctl.convert(pid, LS, lk, "NL", flags=("VALBLK",), lvb_hex=lvb)
+            ck.expect(a.get("status") == "granted", "%s: dlm-peer EX->NL writing the LVB: %s" % (res, a))
+            ev = c.agent(k1, LS, "lock %s %s PR VALBLK" % (tag, res), wait="CAST %s " % tag)
+            ck.expect(ev.get("status") == "OK" and ev.get("hex", "").startswith("70656572"),
+                      "%s: node%d's PR|VALBLK should read dlm-peer's LVB 'peer': %s" % (res, k1, ev["line"]))
+            c.agent(k1, LS, "unlock %s" % tag, wait="CAST %s " % tag)
+            peerctl.unlock(pid, LS, lk)
+        else:
+            # the kernel keeps an NL lock: a master frees the value block of a resource that
+            # has no locks left (toss_rsb), so the LVB only lives while someone holds a lock
+            ev = c.agent(k1, LS, "lock keep %s NL" % res, wait="CAST keep ")
+            ck.require(ev.get("status") == "OK", "%s: node%d NL: %s" % (res, k1, ev["line"]))
+            ev = c.agent(k1, LS, "lock %s %s EX VALBLK" % (tag, res), wait="CAST %s " % tag)
+            ck.require(ev.get("status") == "OK", "%s: node%d EX: %s" % (res, k1, ev["line"]))
+            ev = c.agent(k1, LS, "unlock %s VALBLK lvb=kernel" % tag, wait="CAST %s " % tag)
+            ck.expect(ev.get("status") == "EUNLOCK", "%s: node%d unlock: %s" % (res, k1, ev["line"]))
+            a = peer_lock(c, ck, pid, res, "PR", flags=("VALBLK",))
+            ck.expect(a.get("status") == "granted" and (a.get("lvb") or "").startswith("6b65726e656c"),
+                      "%s: dlm-peer's PR|VALBLK should read the kernel's LVB 'kernel': %s" % (res, a))
+            if a.get("lkid") is not None:
+                peerctl.unlock(pid, LS, int(a["lkid"]))
+        # cancel: the kernel holds EX, dlm-peer's PR queues and is cancelled
+        ev = c.agent(k1, LS, "lock %s %s EX" % (tag, res), wait="CAST %s " % tag)
+        ck.require(ev.get("status") == "OK", "%s: node%d EX: %s" % (res, k1, ev["line"]))
+        a = peer_lock(c, ck, pid, res, "PR", wait=False)
+        ck.expect(a.get("status") == "queued", "%s: dlm-peer's PR behind the kernel's EX should queue: %s" % (res, a))
+        c.agent_wait(k1, LS, "BAST %s " % tag, timeout=10)
+        a = peerctl.cancel(pid, LS, int(a["lkid"]))
+        ck.expect(a.get("status") == "cancelled", "%s: cancel of dlm-peer's queued PR: %s" % (res, a))
+        ck.expect(peer_lock_state(c, pid, int(a.get("lkid", 0) or 0)) is None, "%s: the cancelled lock is still there" % res)
+        # down-conversion EX->PR on the kernel: dlm-peer's PR is then granted at once
+        c.agent(k1, LS, "convert %s PR" % tag, wait="CAST %s " % tag)
+        a = peer_lock(c, ck, pid, res, "PR", flags=("NOQUEUE",))
+        ck.expect(a.get("status") == "granted", "%s: dlm-peer PR after the kernel's EX->PR: %s" % (res, a))
+        lk = int(a.get("lkid", 0) or 0)
+        # up-conversion PR->EX on dlm-peer waits for the kernel's PR (BAST to the kernel), then granted
+        a = peerctl.convert(pid, LS, lk, "EX", wait=False)
+        ck.expect(a.get("status") == "queued", "%s: dlm-peer PR->EX next to the kernel's PR should wait: %s" % (res, a))
+        c.agent_wait(k1, LS, "BAST %s " % tag, count=2, timeout=10)
+        c.agent(k1, LS, "unlock %s" % tag, wait="CAST %s " % tag)
+        end = time.time() + 10
+        st = None
+        while time.time() < end:
+            st = peer_lock_state(c, pid, lk)
+            if st == ("granted", "EX"):
+                break
+            time.sleep(0.1)
+        ck.expect(st == ("granted", "EX"), "%s: dlm-peer's PR->EX after the kernel's unlock: %s" % (res, st))
+        d = all_dumps(c, [k1, pid], res)
+        ck.expect(not dumpmod.check(d, [k1, pid]), "%s: invariants: %s" % (res, dumpmod.check(d, [k1, pid])))
+        peerctl.unlock(pid, LS, lk)
+    c.agent(k1, LS, "unlock keep", wait="CAST keep ")
+    c.agent_quit(k1, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, list(reversed(kernels)))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -1736,6 +1823,8 @@ SCENARIOS = [
     Scenario("agent-peer", "lab-peer.toml", sc_agent_peer,
              "two kernels and dlm-peer, each with its agent: leaves coordinated by the agents stop and restart the "
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
+    Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
+             "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
