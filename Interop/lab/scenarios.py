@@ -1824,7 +1824,7 @@ SCENARIOS = [
              "two kernels and dlm-peer, each with its agent: leaves coordinated by the agents stop and restart the "
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
-             "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters"),
+             "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
