@@ -37,24 +37,9 @@ struct AgentCommand: ParsableCommand {
     var control: String?
 
     func run() throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        bootstrapLogging(level: logLevel)
         let logger = Logger(label: "dlm-agent")
-        let cluster: ClusterConfig
-        do {
-            cluster = try ClusterConfig.load(path: config)
-        } catch {
-            for d in error.diagnostics { FileHandle.standardError.write(Data("\(d)\n".utf8)) }
-            if error.diagnostics.isEmpty { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
-            throw ExitCode(2)
-        }
-        guard let me = cluster.node(node) else {
-            throw ValidationError("node \(node) is not in \(config)")
-        }
+        let (cluster, me) = try loadClusterConfig(path: config, node: node)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let loop = group.next()
         let localControl: any LocalLockspaceControl

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DLMNode
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -45,5 +46,21 @@ final class BenchChild {
     func stop() {
         kill(pid, SIGTERM)
         process.waitUntilExit()
+    }
+}
+
+/// A cluster of `nodes` dlm-peer nodes on 127.0.0.1 ... 127.0.0.N, all on `port`, with one
+/// lockspace of which every node is a member (LVB length 32): the two-process and in-process
+/// benchmarks' cluster.
+func loopbackClusterConfig(nodes: Int, port: Int, lockspace: String) throws -> ClusterConfig {
+    var toml = "[cluster]\nname = \"bench\"\nport = \(port)\n"
+    for i in 1...nodes {
+        toml += "\n[[node]]\nid = \(i)\naddresses = [\"127.0.0.\(i)\"]\nkind = \"peer\"\n"
+    }
+    toml += "\n[[lockspace]]\nname = \"\(lockspace)\"\nmembers = [\((1...nodes).map(String.init).joined(separator: ", "))]\nlvb_length = 32\n"
+    do {
+        return try ClusterConfig.parse(toml, file: "<bench cluster>")
+    } catch {
+        throw ValidationError("bench config: \(error)")
     }
 }

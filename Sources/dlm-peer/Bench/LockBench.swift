@@ -480,31 +480,7 @@ enum LocalLockBench {
 // MARK: - Remote master
 
 func lockBenchConfig(port: Int) throws -> ClusterConfig {
-    let text = """
-        [cluster]
-        name = "bench"
-        port = \(port)
-
-        [[node]]
-        id = 1
-        addresses = ["127.0.0.1"]
-        kind = "peer"
-
-        [[node]]
-        id = 2
-        addresses = ["127.0.0.2"]
-        kind = "peer"
-
-        [[lockspace]]
-        name = "\(LockBench.lockspaceName)"
-        members = [1, 2]
-
-        """
-    do {
-        return try ClusterConfig.parse(text, file: "<bench locks>")
-    } catch {
-        throw ValidationError("bench config: \(error)")
-    }
+    try loopbackClusterConfig(nodes: 2, port: port, lockspace: LockBench.lockspaceName)
 }
 
 /// Node 2: masters the bench resource (NL held) and echoes raw TCP pings.

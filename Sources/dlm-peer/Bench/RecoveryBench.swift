@@ -105,21 +105,8 @@ struct RecoveryBench: ParsableCommand {
 enum RecoveryBenchCase {
     static let lockspace = "bench"
 
-    static func config(nodes: Int, port: Int) throws -> ClusterConfig {
-        var toml = "[cluster]\nname = \"bench\"\ntransport = \"tcp\"\nport = \(port)\n"
-        for i in 1...nodes {
-            toml += "\n[[node]]\nid = \(i)\naddresses = [\"127.0.0.\(i)\"]\nkind = \"peer\"\n"
-        }
-        toml += "\n[[lockspace]]\nname = \"\(lockspace)\"\nmembers = [\((1...nodes).map(String.init).joined(separator: ", "))]\nlvb_length = 32\n"
-        do {
-            return try ClusterConfig.parse(toml, file: "<bench recovery>")
-        } catch {
-            throw ValidationError("bench config: \(error)")
-        }
-    }
-
     static func run(nodes n: Int, locks l: Int, port: Int) throws -> RecoveryBench.Case {
-        let cfg = try config(nodes: n, port: port)
+        let cfg = try loopbackClusterConfig(nodes: n, port: port, lockspace: lockspace)
         var logger = Logger(label: "bench.recovery")
         logger.logLevel = .error
         let groups = (0..<n).map { _ in MultiThreadedEventLoopGroup(numberOfThreads: 1) }
