@@ -720,7 +720,6 @@ def fail_node(c, ck, dead, timeout=120):
     dlm-peers from their status) and the wall time from the stop to the last recovery done."""
     import signal as _signal
     survivors = sorted(c.members[LS] - {dead})
-    before = {i: len(kernel_recovery_ms(c, i)) for i in survivors if not isinstance(c.nodes[i], cfgmod_peer_class())}
     node = c.nodes[dead]
     is_peer = isinstance(node, cfgmod_peer_class())
     c.step("node%d fails (%s); survivors %s: stop all, then members+start all" % (
@@ -733,32 +732,15 @@ def fail_node(c, ck, dead, timeout=120):
     else:
         node.stop()
     t0 = time.time()
-    for i in survivors:
-        node_stop(c, i)
-    for i in survivors:
-        node_start(c, i, survivors)
-    out = {}
-    for i in survivors:
-        if i in before:
-            line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
-            ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
-            end = time.time() + timeout
-            while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
-                time.sleep(0.2)
-            done = kernel_recovery_ms(c, i, before[i])
-            ck.require(done, "node%d: no recovery finished after node%d failed" % (i, dead))
-            out[i] = done[-1]
-        else:
-            out[i] = peer_wait_recovered(c, ck, i, survivors, timeout)
+    out = restart_members(c, ck, survivors, timeout, "after node%d failed" % dead)
     wall = time.time() - t0
     c.members[LS] = set(survivors)
     # As dlm_controld does for a node that failed: drop its comms entry on the kernels, which
     # resets the kernel's midcomms state for it (dlm_midcomms_close); otherwise the kernel's
     # last lockspace release would wait for a FIN handshake with the dead node. A node that
     # comes back gets a new entry (renew).
-    for i in survivors:
-        if i in before:
-            c.kernel(i).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % dead)
+    for i in kernels_among(c, survivors):
+        c.kernel(i).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % dead)
     return out, wall
 
 
@@ -781,6 +763,46 @@ def node_start(c, nid, members):
         peer_answer(c, nid, "ls-start", peerctl.ls_start(nid, LS, [(i, c.cfg.node(i).weight) for i in sorted(members)]))
     else:
         c.kernel(nid).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(members)), "/tmp/members-%s.log" % LS)
+
+
+def kernels_among(c, ids):
+    return [i for i in ids if not isinstance(c.nodes[i], cfgmod_peer_class())]
+
+
+def recovery_counts(c, ids):
+    """{kernel: recoveries finished so far} for the kernels among `ids` (for wait_started)."""
+    return {i: recoveries_done(c, i) for i in kernels_among(c, ids)}
+
+
+def wait_started(c, ck, members, before, timeout, why):
+    """After node_start on `members`: each kernel's reconfiguration succeeded and it finished a
+    recovery beyond its count in `before`; each dlm-peer runs with `members`. Returns
+    {node: that recovery's ms}."""
+    out = {}
+    for i in members:
+        if i not in before:
+            out[i] = peer_wait_recovered(c, ck, i, members, timeout)
+            continue
+        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
+        ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
+        end = time.time() + timeout
+        while recoveries_done(c, i) <= before[i] and time.time() < end:
+            time.sleep(0.1)
+        done = kernel_recovery_ms(c, i, before[i])
+        ck.require(done, "node%d: no recovery finished %s" % (i, why))
+        out[i] = done[-1]
+    return out
+
+
+def restart_members(c, ck, members, timeout, why):
+    """The cluster manager's barrier: stop the lockspace on every member, then start all of
+    them with `members`, and wait until each has recovered (wait_started)."""
+    before = recovery_counts(c, members)
+    for i in members:
+        node_stop(c, i)
+    for i in members:
+        node_start(c, i, members)
+    return wait_started(c, ck, members, before, timeout, why)
 
 
 def peer_answer(c, nid, what, ans):
@@ -911,22 +933,9 @@ def member_leaves(c, ck, leaver, timeout=60):
     if (leaver, LS) in c.agents:
         c.agent_quit(leaver, LS)
     c.step("node%d leaves %s; remaining %s: stop all, then members+start all" % (leaver, LS, remaining))
-    before = {i: len(kernel_recovery_ms(c, i)) for i in remaining if not isinstance(c.nodes[i], cfgmod_peer_class())}
     t0 = time.time()
     c.kernel(leaver).bg("dlmlc leave %s --timeout %d" % (LS, timeout), "/tmp/leave-%s.log" % LS)
-    for i in remaining:
-        node_stop(c, i)
-    for i in remaining:
-        node_start(c, i, remaining)
-    for i in remaining:
-        if i in before:
-            line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
-            ck.require("RECONFIGURED" in line, "node%d: reconfiguring failed: %s" % (i, line))
-            end = time.time() + timeout
-            while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
-                time.sleep(0.1)
-        else:
-            peer_wait_recovered(c, ck, i, remaining, timeout)
+    restart_members(c, ck, remaining, timeout, "after node%d left" % leaver)
     line = c.kernel(leaver).waitlog("/tmp/leave-%s.log" % LS, "LEFT|LEAVEFAILED|ERROR", 1, timeout)
     ck.require("LEFT" in line, "node%d: leaving failed: %s" % (leaver, line))
     rem = c.kernel(leaver).sh("grep REMOVE /tmp/leave-%s.log" % LS)
@@ -1031,18 +1040,7 @@ def sc_s13_directory_paging(c, ck, count=1500):
     ck.note("%d of %d names have dlm-peer as directory node" % (len(ours), count))
     everyone = sorted(c.members[LS])
     c.step("recovery with the same members: stop all, then start all")
-    before = {i: len(kernel_recovery_ms(c, i)) for i in kernels}
-    for i in everyone:
-        node_stop(c, i)
-    for i in everyone:
-        node_start(c, i, everyone)
-    for i in kernels:
-        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 60)
-        ck.require("RECONFIGURED" in line, "node%d: %s" % (i, line))
-        end = time.time() + 60
-        while len(kernel_recovery_ms(c, i)) <= before[i] and time.time() < end:
-            time.sleep(0.1)
-    peer_wait_recovered(c, ck, pid, everyone, 60)
+    restart_members(c, ck, everyone, 60, "after the restart with the same members")
     c.agent_start(k2, LS)
     for n in ours[:20]:
         ev = c.agent(k2, LS, "lock t %s EX" % n, wait="CAST t ")
@@ -1080,7 +1078,7 @@ def sc_s2_peer_joins(c, ck):
     c.agent(k2, LS, "lock w r1 PR", wait="REQ w ")
     everyone = sorted(kernels + [pid])
     c.step("dlm-peer node%d joins: kernels stop, dlm-peer starts, kernels get members %s and start" % (pid, everyone))
-    before = {i: len(kernel_recovery_ms(c, i)) for i in kernels}
+    before = recovery_counts(c, kernels)
     for k in kernels:
         node_stop(c, k)
     c.nodes[pid].start()
@@ -1088,10 +1086,7 @@ def sc_s2_peer_joins(c, ck):
     for k in kernels:
         node_start(c, k, everyone)
     ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 60), "dlm-peer did not join:\n%s" % tail(c.nodes[pid].log))
-    for k in kernels:
-        end = time.time() + 30
-        while len(kernel_recovery_ms(c, k)) <= before[k] and time.time() < end:
-            time.sleep(0.1)
+    wait_started(c, ck, kernels, before, 30, "after dlm-peer joined")
     c.members[LS] = set(everyone)
     ans = peer_lock(c, ck, pid, "r1", "PR", wait=False)
     ck.expect(ans.get("status") == "queued", "dlm-peer's PR on r1 should queue behind the EX: %s" % ans)
@@ -1384,7 +1379,7 @@ def save_kernel_dumps(c, nid, lsname, label):
 
 def recoveries_done(c, nid):
     """How many recoveries the kernel of `nid` has finished ("dlm_recover N ... done" in dmesg)."""
-    return len(re.findall(r"dlm_recover \d+ generation \d+ done", c.dmesg(nid)))
+    return len(kernel_recovery_ms(c, nid))
 
 
 def peer_status(pid):
@@ -1517,6 +1512,17 @@ def sc_agent_basic(c, ck):
     check_fins(c, ck, recs, n2, [n1], fin_limit=5.0)
 
 
+def check_removed(c, ck, a, b, x, when):
+    """Agents: node `x` was removed: `a` (the coordinator) and `b` start a change with members
+    [a, b], run it, dropped `comms/x`, and their dmesg shows `remove member x`."""
+    for n in (a, b):
+        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
+        check_running(c, ck, n, [a, b])
+        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed%s" % (n, x, when))
+        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
+        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'%s" % (n, x, when))
+
+
 def sc_agent_change(c, ck):
     """Three kernels; alpha = [1, 2]; a reload allows node 3, whose join is a barrier (checked
     with node 2's agent frozen in the middle); node 3 leaves; it joins again and its VM is
@@ -1602,12 +1608,7 @@ def sc_agent_change(c, ck):
     c.kernel(x).stop()
     c.step("node%d powered off; `dlm-peer node-down %d` on node%d" % (x, x, a))
     c.agent_cli(a, "node-down %d --node %d" % (x, a))
-    for n in (a, b):
-        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
-        check_running(c, ck, n, [a, b])
-        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after node-down" % (n, x))
-        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
-        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d' after node-down" % (n, x))
+    check_removed(c, ck, a, b, x, " after node-down")
     # the survivors still lock against each other
     c.agent_start(b, LS)
     c.agent(a, LS, "lock k res-after EX", wait="CAST k ")
@@ -1651,12 +1652,7 @@ def sc_agent_fence(c, ck):
     t1 = time.time()
     agent_wait(c, a, "node %d fenced: removing it" % x, 1, 60)
     ck.metric("fence_retry", round(time.time() - t1, 3))
-    for n in (a, b):
-        agent_wait(c, n, "alpha: START G[0-9]+\\.%d members %d,%d([^,0-9]|$)" % (a, a, b))
-        check_running(c, ck, n, [a, b])
-        ck.expect(x not in comms(c, n), "node%d: comms/%d not removed after the fence" % (n, x))
-        d = c.kernel(n).sh("dmesg | grep 'dlm: %s:' | tail -20" % LS)
-        ck.expect("remove member %d" % x in d, "node%d dmesg lacks 'remove member %d'" % (n, x))
+    check_removed(c, ck, a, b, x, " after the fence")
     c.agent_start(a, LS)
     c.agent_start(b, LS)
     c.agent(a, LS, "lock k res-f EX", wait="CAST k ")
