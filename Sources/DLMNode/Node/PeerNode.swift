@@ -60,6 +60,8 @@ public final class PeerNode: @unchecked Sendable {
 
     private let started = ContinuousClock.now
     var nextTag: UInt64 = 1
+    /// How deep we are in applications' lock callbacks (see `onLoop`).
+    var callbackDepth = 0
     fileprivate var tickTask: RepeatedTask?
 
     /// Time since the node started: the lock manager's clock.
@@ -179,7 +181,13 @@ public final class PeerNode: @unchecked Sendable {
                 logger.warning("DLM_MSG \(MessageType.name(m.type)) from node \(node) for unknown lockspace 0x\(String(m.header.lockspace, radix: 16)) dropped")
                 return
             }
-            run(ls, .lockMessage(m, from: node))
+            if ls.recovery.deliversLockMessage(from: node) {
+                // Locking enabled and nothing held back: straight to the lock manager (what the
+                // recovery machine would ask for, without building its actions).
+                perform(ls.locks.receive(m, from: node, now: elapsed), ls)
+            } else {
+                run(ls, .lockMessage(m, from: node))
+            }
         }
     }
 
@@ -272,7 +280,7 @@ extension PeerNode {
     public func lock(lockspace: String, name: String, mode: LockMode, flags: LockFlags = [],
                      onCompletion: @escaping @Sendable (LockManager.Completion) -> Void,
                      onBlocking: @escaping @Sendable (LockMode) -> Void = { _ in }) -> EventLoopFuture<UInt32> {
-        eventLoop.flatSubmit { [self] in
+        onLoop { [self] in
             guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
                 return eventLoop.makeFailedFuture(PeerNodeError("not a member of lockspace \(lockspace)"))
             }
@@ -295,7 +303,7 @@ extension PeerNode {
 
     /// Releases lock `lkid` of `lockspace`; its completion reports -DLM_EUNLOCK.
     public func unlock(lockspace: String, lkid: UInt32) -> EventLoopFuture<Void> {
-        eventLoop.flatSubmit { [self] in
+        onLoop { [self] in
             guard let ls = lockspaces.values.first(where: { $0.name == lockspace }) else {
                 return eventLoop.makeFailedFuture(PeerNodeError("not a member of lockspace \(lockspace)"))
             }
@@ -347,22 +355,47 @@ extension PeerNode {
         for ls in lockspaces.values where ls.recovery.isRunning { perform(ls.locks.tick(now: elapsed), ls) }
     }
 
+    /// Carries out the lock manager's actions: first every message, in order, then the
+    /// applications' callbacks, in order. A callback may call the lock API again at once (on the
+    /// loop, without a hop), so the lock manager's messages of this step are all out before the
+    /// messages of whatever the callback does.
     func perform(_ actions: [LockManager.Action], _ ls: LockspaceState) {
+        var callbacks = false
         for action in actions {
             switch action {
             case .send(let m, let node):
                 lowcomms?.send(.message(m), to: node)
+            case .log(let text):
+                logger.debug("\(ls.name): \(text)")
+            case .completion, .blocking:
+                callbacks = true
+            }
+        }
+        guard callbacks else { return }
+        callbackDepth += 1
+        defer { callbackDepth -= 1 }
+        for action in actions {
+            switch action {
             case .completion(let c):
                 let client = ls.clients[c.tag]
                 if c.endOfLife { ls.clients[c.tag] = nil }
                 client?.onCompletion(c)
             case .blocking(let tag, _, let mode):
                 ls.clients[tag]?.onBlocking(mode)
-            case .log(let text):
-                logger.debug("\(ls.name): \(text)")
+            case .send, .log:
+                break
             }
         }
     }
+
+    /// Runs `body` on the event loop: at once when called there (a lock call from a completion
+    /// callback, say), else as a task. Callbacks that lock again from inside callbacks (a local
+    /// master grants at once) would nest without end, so past a few levels the call is a task.
+    func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        eventLoop.inEventLoop && callbackDepth < Self.inlineCallbackDepth ? body() : eventLoop.flatSubmit(body)
+    }
+
+    static let inlineCallbackDepth = 4
 }
 
 public struct PeerNodeError: Error, CustomStringConvertible, Sendable {

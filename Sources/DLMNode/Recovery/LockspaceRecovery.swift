@@ -770,6 +770,13 @@ public struct LockspaceRecovery: Sendable {
 
     // MARK: - Lock messages and the requestqueue (§4.5)
 
+    /// Whether a lock message from `node` goes straight to the lock manager now: the lockspace
+    /// runs, no recovery pass is under way and `node` is a member (what `.lockMessage` would
+    /// answer with `.deliverLockMessage`, with nothing else to do).
+    public func deliversLockMessage(from node: UInt32) -> Bool {
+        isRunning && pass == nil && members.contains { $0.nodeID == node }
+    }
+
     mutating func lockMessage(_ message: DLMMessage, from node: UInt32, _ out: inout [RecoveryAction]) {
         if isRunning {
             if members.contains(where: { $0.nodeID == node }) {
