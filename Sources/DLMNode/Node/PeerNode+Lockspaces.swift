@@ -94,7 +94,13 @@ extension PeerNode {
     func whenRunning<T: Sendable>(_ ls: LockspaceState,
                         abandoned: @escaping (BlockedCallEnd, String) -> Error = { PeerNodeError($1) },
                         _ body: @escaping () throws -> T) -> EventLoopFuture<T> {
-        if ls.recovery.isRunning { return eventLoop.makeCompletedFuture { try body() } }
+        if ls.recovery.isRunning {
+            do {
+                return eventLoop.makeSucceededFuture(try body())
+            } catch {
+                return eventLoop.makeFailedFuture(error)
+            }
+        }
         if ls.failed {
             return eventLoop.makeFailedFuture(abandoned(.joinFailed, "lockspace \(ls.name) could not be joined"))
         }

@@ -550,7 +550,7 @@ public final class Lowcomms: @unchecked Sendable {
             channel.write(c.pending, promise: nil)
             c.pending = channel.allocator.buffer(capacity: LowcommsConnection.maxPendingBytes)
         } else if c.pending.capacity == 0 {
-            c.pending = channel.allocator.buffer(capacity: 16 * 1024)
+            c.pending = channel.allocator.buffer(capacity: LowcommsConnection.batchBufferBytes)
         }
         c.pending.writeImmutableBuffer(frame.bytes)
         if !c.needsFlush {
@@ -578,11 +578,20 @@ public final class Lowcomms: @unchecked Sendable {
         for c in list {
             c.needsFlush = false
             guard !c.closed, let channel = c.channel else { continue }
-            if c.pending.readableBytes > 0 {
-                channel.write(c.pending, promise: nil)
+            guard c.pending.readableBytes > 0 else {
+                channel.flush()
+                continue
+            }
+            channel.write(c.pending, promise: nil)
+            channel.flush()
+            // Written out at once (the usual case), the channel no longer holds the buffer and
+            // `clear` keeps its storage for the next batch (else it gets new storage of the same
+            // size: only worth it for the small ones).
+            if c.pending.capacity <= LowcommsConnection.batchBufferBytes {
+                c.pending.clear()
+            } else {
                 c.pending = ByteBuffer()
             }
-            channel.flush()
         }
     }
 

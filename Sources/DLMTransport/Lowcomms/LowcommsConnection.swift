@@ -51,6 +51,8 @@ final class LowcommsConnection: @unchecked Sendable {
     /// Frames written since the last flush, sent down the pipeline as one buffer.
     @exclusivity(unchecked) var pending = ByteBuffer()
     static let maxPendingBytes = 256 * 1024
+    /// A batch buffer's first size, and the largest one kept for the next batch.
+    static let batchBufferBytes = 16 * 1024
     /// A graceful close (half-close, wait for EOF) is under way.
     var halfClosed = false
     /// The peer closed its side cleanly (TCP FIN read). Without it, a connection that goes away
