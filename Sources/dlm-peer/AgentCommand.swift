@@ -100,20 +100,11 @@ struct AgentCommand: ParsableCommand {
             // the dlm-peer node creates its lockspaces when it starts
             for ls in cluster.lockspaces(of: node) { runtime.submit(.online(lockspace: ls.name)) }
         }
-        let adminPath = admin ?? AgentAdminServer.defaultPath(node: node)
-        let adminServer = try? AgentAdminServer.start(path: adminPath, runtime: runtime).wait()
-        if adminServer == nil { logger.warning("admin socket \(adminPath) unavailable: reload/node-down will not work") }
-        logger.info("agent of node \(node) running (admin socket \(adminPath))")
+        let controls = AgentControls(runtime: runtime, node: node, adminPath: admin, configPath: config, logger: logger)
+        logger.info("agent of node \(node) running (admin socket \(controls.adminPath))")
 
-        signal(SIGHUP, SIG_IGN)
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        hup.setEventHandler {
-            logger.info("SIGHUP: reloading \(config)")
-            _ = runtime.reload()
-        }
-        hup.resume()
         let done = DispatchSemaphore(value: 0)
-        var sources = [hup]
+        var sources: [DispatchSourceSignal] = []
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -125,7 +116,7 @@ struct AgentCommand: ParsableCommand {
             sources.append(s)
         }
         done.wait()
-        try? adminServer?.close().wait()
+        controls.close()
         try? runtime.shutdown().wait()
         try? group.syncShutdownGracefully()
         _ = sources

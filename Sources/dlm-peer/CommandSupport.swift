@@ -1,7 +1,9 @@
 import ArgumentParser
 import DLMNode
+import Dispatch
 import Foundation
 import Logging
+import NIOCore
 
 /// Logs to standard error at `level` (trace ... critical; info when unknown), for the
 /// long-running commands (`run`, `agent`).
@@ -30,4 +32,31 @@ func loadClusterConfig(path: String, node: UInt32) throws -> (ClusterConfig, Clu
         throw ValidationError("node \(node) is not in \(path)")
     }
     return (cluster, me)
+}
+
+/// The admin socket of an agent (`dlm-peer reload`, `node-down`, `agent-status`) and SIGHUP as a
+/// reload: what `dlm-peer agent` and `dlm-peer run --agent` both offer.
+struct AgentControls: @unchecked Sendable {  // immutable; DispatchSource and the server are thread-safe
+    let adminServer: AgentAdminServer?
+    let adminPath: String
+    private let hup: DispatchSourceSignal
+
+    init(runtime: AgentRuntime, node: UInt32, adminPath: String?, configPath: String, logger: Logger) {
+        let path = adminPath ?? AgentAdminServer.defaultPath(node: node)
+        self.adminPath = path
+        adminServer = try? AgentAdminServer.start(path: path, runtime: runtime).wait()
+        if adminServer == nil { logger.warning("admin socket \(path) unavailable: reload/node-down will not work") }
+        signal(SIGHUP, SIG_IGN)
+        hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hup.setEventHandler {
+            logger.info("SIGHUP: reloading \(configPath)")
+            _ = runtime.reload()
+        }
+        hup.resume()
+    }
+
+    func close() {
+        hup.cancel()
+        try? adminServer?.close().wait()
+    }
 }

@@ -71,6 +71,17 @@ struct RunCommand: ParsableCommand {
                                valueName: "SECONDS"))
     var joinTimeout: Double = 60
 
+    @Flag(help: ArgumentHelp("Run this node's agent in the process, instead of a separate `dlm-peer agent`.",
+                             discussion: "Membership changes are then coordinated with the other nodes' agents (a config reload by SIGHUP or `dlm-peer reload`, `dlm-peer node-down`, heartbeat timeouts), and SIGTERM first leaves every lockspace through the agents (the other members stop and restart without this node), then closes the connections."))
+    var agent = false
+
+    @Option(help: "With --agent: the agent's admin socket for reload/node-down/agent-status (default: $XDG_RUNTIME_DIR or /tmp, dlm-peer-agent.<node>.sock).")
+    var admin: String?
+
+    @Option(help: ArgumentHelp("With --agent: how long SIGTERM waits for the coordinated leave before closing anyway.",
+                               valueName: "SECONDS"))
+    var leaveTimeout: Double = 20
+
     struct LockSpec {
         var lockspace: String
         var resource: String
@@ -106,6 +117,15 @@ struct RunCommand: ParsableCommand {
         let controlServer = try? ControlServer.start(path: controlPath, node: peer, logger: logger).wait()
         if controlServer == nil { logger.warning("control socket \(controlPath) unavailable: `dlm-peer status` will not work") }
 
+        let embedded: EmbeddedAgent?
+        do {
+            embedded = agent ? try EmbeddedAgent(cluster: cluster, configPath: config, node: node, peer: peer, adminPath: admin) : nil
+        } catch {
+            logger.error("agent: \(error)")
+            try? controlServer?.close().wait()
+            throw ExitCode(1)
+        }
+
         let done = DispatchSemaphore(value: 0)
         let signals = [SIGTERM, SIGINT].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
@@ -121,6 +141,9 @@ struct RunCommand: ParsableCommand {
                     Foundation.exit(1)
                 }
                 logger.info("signal: leaving the cluster")
+                if let embedded, !embedded.leaveAll(timeout: leaveTimeout) {
+                    logger.warning("the agents did not finish the leave within \(leaveTimeout) s; closing anyway")
+                }
                 peer.leave().whenComplete { result in
                     if case .failure(let e) = result { logger.error("leave: \(e)") }
                     logger.info("left")
@@ -130,7 +153,7 @@ struct RunCommand: ParsableCommand {
             source.resume()
         }
         peer.eventLoop.execute {
-            let joining = peer.start()
+            let joining = peer.start(embedded.map { agent in .byClusterManager(created: { agent.lockspacesCreated() }) } ?? .immediately)
             if joinTimeout > 0 {
                 let timeout = joinTimeout
                 let check = peer.eventLoop.scheduleTask(in: .milliseconds(Int64(timeout * 1000))) {
@@ -149,6 +172,7 @@ struct RunCommand: ParsableCommand {
             }
         }
         done.wait()
+        embedded?.shutdown()
         try? controlServer?.close().wait()
         try? group.syncShutdownGracefully()
     }

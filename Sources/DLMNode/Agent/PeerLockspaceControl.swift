@@ -6,15 +6,14 @@ import Glibc
 import Musl
 #endif
 
-/// The agent's local side for a dlm-peer node (`dlm-peer run`): its control socket's
-/// `ls-stop LS` (returns once the lockspace is stopped) and `ls-start LS ID:W... [renew=ID,...]` lines,
-/// which `PeerNode.stop(lockspace:)` / `PeerNode.start(lockspace:members:)` answer.
+/// The agent's local side for a dlm-peer node (`dlm-peer run`) in another process: its control
+/// socket's `ls-stop LS` (returns once the lockspace is stopped) and `ls-start LS ID:W...
+/// [renew=ID,...]` lines, which `PeerNode.stop(lockspace:)` / `PeerNode.start(lockspace:members:)`
+/// answer. (`dlm-peer run --agent` has the agent in the process: `InProcessLockspaceControl`.)
 ///
-/// State of the wiring: those two control lines are added to `dlm-peer run` on another
-/// branch; until they are merged, the node answers `unknown request` and every operation here
-/// fails with that message (the agent logs it). A dlm-peer node joins its lockspaces by itself
-/// when it starts and releases them when it exits, so `finishLeave`, `refuseJoin` and the comms
-/// entries (kernel configfs only) have nothing to do.
+/// A dlm-peer node joins its lockspaces by itself when it starts and releases them when it
+/// exits, so the formation's start, `finishLeave`, `refuseJoin` and the comms entries (kernel
+/// configfs only) have nothing to do.
 public struct PeerLockspaceControl: LocalLockspaceControl {
     public let socketPath: String
 
@@ -27,9 +26,7 @@ public struct PeerLockspaceControl: LocalLockspaceControl {
     }
 
     public func start(_ plan: StartPlan) async throws {
-        // `dlm-peer run` joins its lockspaces with the config's member list when it starts:
-        // that is the formation G0 already
-        if plan.change == .formation { return }
+        guard plan.startsPeerNode else { return }
         var line = "ls-start \(plan.lockspace) " + plan.members.map { "\($0.id):\($0.weight)" }.joined(separator: " ")
         if !plan.renew.isEmpty { line += " renew=" + plan.renew.map(String.init).joined(separator: ",") }
         try await request(line)
@@ -77,4 +74,40 @@ public struct PeerLockspaceControl: LocalLockspaceControl {
         }
         return String(decoding: reply, as: UTF8.self)
     }
+}
+
+extension StartPlan {
+    /// Whether a dlm-peer node has anything to start: `dlm-peer run` joins its lockspaces with the
+    /// config's member list when it starts, and that is the formation G0 already.
+    var startsPeerNode: Bool { change != .formation }
+}
+
+/// The agent's local side inside `dlm-peer run --agent`: the node's own `PeerNode` stop and start.
+/// The node's lockspaces are created stopped (`PeerNode.start(.byClusterManager)`), so every
+/// start, the formation's too, is the agent's, as dlm_controld's is on a kernel node; a node may
+/// thus also join after the formation. A coordinated leave (the agent's `offline`) ends in
+/// `finishLeave`, which `onLeaveFinished` reports (the node then leaves for real, with its FIN
+/// handshakes).
+public struct InProcessLockspaceControl: LocalLockspaceControl {
+    public let node: PeerNode
+    public let onLeaveFinished: @Sendable (String) -> Void
+
+    public init(node: PeerNode, onLeaveFinished: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.node = node
+        self.onLeaveFinished = onLeaveFinished
+    }
+
+    public func stop(_ lockspace: String) async throws {
+        try await node.stop(lockspace: lockspace)
+    }
+
+    public func start(_ plan: StartPlan) async throws {
+        try await node.start(lockspace: plan.lockspace, members: plan.members.map { (id: $0.id, weight: $0.weight) },
+                             renewed: Set(plan.renew))
+    }
+
+    public func finishLeave(_ lockspace: String) async throws { onLeaveFinished(lockspace) }
+    public func refuseJoin(_ lockspace: String, errno: Int32) async throws {}
+    public func addComm(_ node: ClusterConfig.Node, local: Bool) async throws {}
+    public func removeComm(_ node: AgentNodeID) async throws {}
 }

@@ -88,18 +88,35 @@ public final class PeerNode: @unchecked Sendable {
                                 onDelivery: { [weak self] node, d in self?.delivered(from: node, d) })
     }
 
-    /// Starts listening and joins every configured lockspace of this node. The future completes
-    /// when every join's first recovery has finished.
-    public func start() -> EventLoopFuture<[String: RecoveryReport]> {
+    /// How the node's lockspaces get their first start.
+    public enum JoinMode: Sendable {
+        /// At once, with the config's member list (no cluster manager).
+        case immediately
+        /// Created stopped, as a kernel's new lockspace is: a cluster manager (the agent in the
+        /// process, `dlm-peer run --agent`) starts them with `start(lockspace:members:)`.
+        /// `created` runs (on the loop) once they all exist.
+        case byClusterManager(created: @Sendable () -> Void)
+    }
+
+    /// Starts listening and creates every configured lockspace of this node, started as `mode`
+    /// says. The future completes when every join's first recovery has finished.
+    public func start(_ mode: JoinMode = .immediately) -> EventLoopFuture<[String: RecoveryReport]> {
         guard let lowcomms else { return eventLoop.makeFailedFuture(PeerNodeError("no transport")) }
         return lowcomms.start().flatMap { [self] in
-            let joins = config.lockspaces(of: nodeID).map { ls in join(ls).map { (ls.name, $0) } }
+            let startNow: Bool
+            switch mode {
+            case .immediately: startNow = true
+            case .byClusterManager: startNow = false
+            }
+            let joins = config.lockspaces(of: nodeID).map { ls in join(ls, startNow: startNow).map { (ls.name, $0) } }
+            if case .byClusterManager(let created) = mode { created() }
             return EventLoopFuture.whenAllSucceed(joins, on: eventLoop).map { Dictionary(uniqueKeysWithValues: $0) }
         }
     }
 
-    /// Joins `ls` with the member list of the config (the cluster manager's start).
-    func join(_ ls: ClusterConfig.Lockspace) -> EventLoopFuture<RecoveryReport> {
+    /// Creates `ls` and, when `startNow`, starts it with the member list of the config (the
+    /// cluster manager's start); else it waits, stopped, for `start(lockspace:members:)`.
+    func join(_ ls: ClusterConfig.Lockspace, startNow: Bool = true) -> EventLoopFuture<RecoveryReport> {
         eventLoop.assertInEventLoop()
         let promise = eventLoop.makePromise(of: RecoveryReport.self)
         let rc = RecoveryConfig(config: config, lockspace: ls, node: nodeID)
@@ -114,6 +131,10 @@ public final class PeerNode: @unchecked Sendable {
             }
         }
         lockspaces[ls.globalID] = state
+        guard startNow else {
+            logger.info("lockspace \(ls.name) (id 0x\(String(ls.globalID, radix: 16))) created; the cluster manager starts it")
+            return promise.futureResult
+        }
         logger.info("joining lockspace \(ls.name) (id 0x\(String(ls.globalID, radix: 16))), members \(ls.members)")
         let members = config.weightedMembers(of: ls).map { RecoveryMember(nodeID: $0.nodeID, weight: $0.weight) }
         run(state, .start(members))
