@@ -730,6 +730,8 @@ def fail_node(c, ck, dead, timeout=120):
         c.state.drop_proc(node.proc.pid)
         node.proc = None
     else:
+        if getattr(node, "frozen", False):
+            os.kill(node.proc.pid, _signal.SIGKILL)     # SIGTERM would wait for a SIGCONT
         node.stop()
     t0 = time.time()
     out = restart_members(c, ck, survivors, timeout, "after node%d failed" % dead)
@@ -1317,6 +1319,425 @@ def sc_peer_contend(c, ck):
     leave_all(c, ck, list(reversed(kernels)))
 
 
+# ------------------------------------------------------------------ S5, S6: LVB through recovery
+VALNOTVALID = 0x02          # DLM_SBF_VALNOTVALID in a completion's sb_flags
+
+
+def lvb_hex(text):
+    """A 32-byte LVB holding `text` (NUL-padded), as hex."""
+    return (text.encode() + bytes(32 - len(text))).hex()
+
+
+def recovery_setup(c, ck):
+    """The lockspace formed with every node, dlm-peer joined, a lock client on every kernel.
+    Returns (kernels, the dlm-peer's id)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join:\n%s" % tail(c.nodes[pid].log))
+    for k in kernels:
+        c.agent_start(k, LS)
+    return kernels, pid
+
+
+def name_with_dir(c, prefix, among, want):
+    """The first name prefix0, prefix1, ... whose directory node among the nodes `among` is `want`
+    (so that, after the others left, `want` is the directory node: the first survivor to look the
+    name up in recovery, and so its likely new master)."""
+    members = [(i, c.cfg.node(i).weight) for i in sorted(among)]
+    return next(n for n in ("%s%d" % (prefix, i) for i in range(500)) if directory_node(n.encode(), members) == want)
+
+
+def master_of(dumps_by_node, name):
+    """(node, Resource) of the node holding the master copy of `name`, or (None, None)."""
+    for i, d in dumps_by_node.items():
+        if name in d and d[name].master == 0:
+            return i, d[name]
+    return None, None
+
+
+def kernel_cast(c, ck, k, cmd, tag, what):
+    """A lock client command on kernel `k` whose completion is awaited; the CAST event."""
+    ev = c.agent(k, LS, cmd, wait="CAST %s " % tag)
+    ck.require(ev.get("ev") == "CAST", "node%d %s: %s" % (k, what, ev["line"]))
+    return ev
+
+
+def sbflags(ev):
+    return int(ev.get("sbflags", "0"), 16)
+
+
+def peer_flags(ans):
+    return set(ans.get("sb_flags") or [])
+
+
+def expect_read(ck, who, what, status_ok, lvb, want_lvb, invalid, want_invalid):
+    """A VALBLK read was granted with the LVB `want_lvb` and with VALNOTVALID or not."""
+    ck.expect(status_ok, "%s %s: not granted" % (who, what))
+    ck.expect(lvb == want_lvb, "%s %s: LVB %s, expected %s" % (who, what, lvb, want_lvb))
+    ck.expect(invalid == want_invalid, "%s %s: VALNOTVALID %s, expected %s" % (who, what, invalid, want_invalid))
+
+
+def check_master_lvb(ck, after, name, want_hex, want_invalid, label):
+    """The new master copy of `name` carries the LVB `want_hex` and the VALNOTVALID flag or not."""
+    m, r = master_of(after, name)
+    ck.require(r is not None, "%s: no survivor masters %s: %s" % (label, name, {i: d.get(name) for i, d in after.items()}))
+    have = r.lvb.hex() if r.lvb is not None else None
+    ck.expect(have == want_hex, "%s: %s's master (node %d) has LVB %s, expected %s" % (label, name, m, have, want_hex))
+    ck.expect(r.lvb_invalid == want_invalid, "%s: %s's master (node %d): VALNOTVALID %s, expected %s"
+              % (label, name, m, r.lvb_invalid, want_invalid))
+    return m
+
+
+def sc_s5a_lvb_preserved(c, ck):
+    """S5a: K1 masters r4 (it locks it first, NL); K2 holds NL|VALBLK (it read the empty LVB);
+    dlm-peer holds PW|VALBLK after writing v2 (EX->PW with VALBLK). K1's VM is powered off: the
+    new master takes the LVB from the PW holder (v2), valid, and K2's NL->CR|VALBLK returns v2
+    without VALNOTVALID. Done on two names: one whose directory node among the survivors is
+    dlm-peer (dlm-peer becomes the new master: its recover_lvb) and one whose is K2 (the
+    kernel's recover_lvb from dlm-peer's RCOM_LOCK)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v2 = lvb_hex("s5a-v2")
+    names = {want: name_with_dir(c, "r4-", [k2, pid], want) for want in (pid, k2)}
+    plk = {}
+    for want, res in names.items():
+        t = "t%d" % want
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (t, res), "m" + t, "NL on " + res)
+        ev = kernel_cast(c, ck, k2, "lock n%s %s NL VALBLK" % (t, res), "n" + t, "NL|VALBLK on " + res)
+        ck.require(ev.get("status") == "OK", "node%d NL|VALBLK on %s: %s" % (k2, res, ev["line"]))
+        a = peer_lock(c, ck, pid, res, "EX", flags=("VALBLK",))
+        ck.require(a.get("status") == "granted", "dlm-peer EX|VALBLK on %s: %s" % (res, a))
+        plk[res] = int(a["lkid"])
+        a = peerctl.convert(pid, LS, plk[res], "PW", flags=("VALBLK",), lvb_hex=v2)
+        ck.require(a.get("status") == "granted", "dlm-peer EX->PW writing v2 on %s: %s" % (res, a))
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for res in names.values():
+        ck.require(master_of(before, res)[0] == k1, "node%d should master %s before: %s" % (k1, res, master_of(before, res)))
+        check_master_lvb(ck, before, res, v2, False, "before")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    for want, res in names.items():
+        m = check_master_lvb(ck, after, res, v2, False, "after")
+        ck.note("%s: directory node %d, new master %d, LVB v2 valid" % (res, want, m))
+        t = "t%d" % want
+        ev = kernel_cast(c, ck, k2, "convert n%s CR VALBLK" % t, "n" + t, "NL->CR|VALBLK on " + res)
+        expect_read(ck, "node%d" % k2, "NL->CR|VALBLK on %s (new master %d)" % (res, m), ev.get("status") == "OK",
+                    ev.get("hex"), v2, bool(sbflags(ev) & VALNOTVALID), False)
+        st = peer_lock_state(c, pid, plk[res])
+        ck.expect(st == ("granted", "PW"), "dlm-peer's PW on %s after recovery: %s" % (res, st))
+    ck.metric("new_masters", {res: master_of(after, res)[0] for res in names.values()}, "")
+
+
+def sc_s5b_lvb_writers_lost(c, ck):
+    """S5b: K1 masters r5 (NL); the only VALBLK holder left wrote v3 by PW->CR with VALBLK, the
+    other survivor holds NL without VALBLK. K1's VM is powered off: the new master takes v3 from
+    the CR holder (the highest lvbseq: the only candidate) and flags it VALNOTVALID (only NL/CR
+    VALBLK holders are left: recover_lvb in fs/dlm/recover.c); the writer's next VALBLK grant
+    (CR->PR) returns v3 with DLM_SBF_VALNOTVALID. Four names: the writer is K2 or dlm-peer, and
+    the directory node among the survivors (the likely new master) is K2 or dlm-peer."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v3 = lvb_hex("s5b-v3")
+    cases = []
+    for writer in (k2, pid):
+        for want in (pid, k2):
+            cases.append((writer, want, name_with_dir(c, "r5-%d-" % writer, [k2, pid], want)))
+    plk = {}
+    for writer, want, res in cases:
+        t = "t%s" % res.replace("-", "")
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (t, res), "m" + t, "NL on " + res)
+        if writer == k2:
+            kernel_cast(c, ck, k2, "lock w%s %s PW VALBLK" % (t, res), "w" + t, "PW|VALBLK on " + res)
+            ev = kernel_cast(c, ck, k2, "convert w%s CR VALBLK lvb=s5b-v3" % t, "w" + t, "PW->CR writing v3 on " + res)
+            ck.require(ev.get("status") == "OK", "node%d PW->CR on %s: %s" % (k2, res, ev["line"]))
+            a = peer_lock(c, ck, pid, res, "NL")
+            ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (res, a))
+        else:
+            a = peer_lock(c, ck, pid, res, "PW", flags=("VALBLK",))
+            ck.require(a.get("status") == "granted", "dlm-peer PW|VALBLK on %s: %s" % (res, a))
+            plk[res] = int(a["lkid"])
+            a = peerctl.convert(pid, LS, plk[res], "CR", flags=("VALBLK",), lvb_hex=v3)
+            ck.require(a.get("status") == "granted", "dlm-peer PW->CR writing v3 on %s: %s" % (res, a))
+            kernel_cast(c, ck, k2, "lock w%s %s NL" % (t, res), "w" + t, "NL on " + res)
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for _, _, res in cases:
+        check_master_lvb(ck, before, res, v3, False, "before")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    masters = {}
+    for writer, want, res in cases:
+        m = check_master_lvb(ck, after, res, v3, True, "after")
+        masters[res] = m
+        ck.note("%s: writer %d, directory node %d, new master %d: LVB v3, VALNOTVALID" % (res, writer, want, m))
+        t = "t%s" % res.replace("-", "")
+        if writer == k2:
+            ev = kernel_cast(c, ck, k2, "convert w%s PR VALBLK" % t, "w" + t, "CR->PR|VALBLK on " + res)
+            expect_read(ck, "node%d" % k2, "CR->PR|VALBLK on %s (new master %d)" % (res, m), ev.get("status") == "OK",
+                        ev.get("hex"), v3, bool(sbflags(ev) & VALNOTVALID), True)
+        else:
+            a = peerctl.convert(pid, LS, plk[res], "PR", flags=("VALBLK",))
+            expect_read(ck, "dlm-peer", "CR->PR|VALBLK on %s (new master %d): %s" % (res, m, a),
+                        a.get("status") == "granted", a.get("lvb"), v3, "VALNOTVALID" in peer_flags(a), True)
+    ck.metric("new_masters", masters, "")
+
+
+def sc_s6_lvb_invalidated(c, ck):
+    """S6: the master survives, a PW/EX VALBLK holder dies. On r3p dlm-peer is the master, on r3k
+    K2 (each locks NL first); K1 takes EX|VALBLK on both and writes v1 (EX->PW->EX with VALBLK).
+    K1's VM is powered off: the master purges K1's lock and flags the LVB VALNOTVALID (content
+    v1 kept). The next VALBLK grant (K2's PR on r3p, dlm-peer's PR on r3k) returns v1 with
+    DLM_SBF_VALNOTVALID; after a PW/EX holder writes v2 (PR->EX, EX->NL with VALBLK) the next
+    VALBLK grant returns v2 without the flag."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v1, v2 = lvb_hex("s6-v1"), lvb_hex("s6-v2")
+    a = peer_lock(c, ck, pid, "r3p", "NL", flags=("VALBLK",))     # a lock has an LVB buffer only if made with VALBLK
+    ck.require(a.get("status") == "granted", "dlm-peer NL|VALBLK on r3p: %s" % a)
+    p_nl = int(a["lkid"])
+    kernel_cast(c, ck, k2, "lock m r3k NL", "m", "NL on r3k")
+    for res in ("r3p", "r3k"):
+        t = "x" + res
+        ev = kernel_cast(c, ck, k1, "lock %s %s EX VALBLK" % (t, res), t, "EX|VALBLK on " + res)
+        ck.require(ev.get("status") == "OK", "node%d EX|VALBLK on %s: %s" % (k1, res, ev["line"]))
+        kernel_cast(c, ck, k1, "convert %s PW VALBLK lvb=s6-v1" % t, t, "EX->PW writing v1 on " + res)
+        ev = kernel_cast(c, ck, k1, "convert %s EX VALBLK" % t, t, "PW->EX on " + res)
+        ck.require(ev.get("status") == "OK", "node%d PW->EX on %s: %s" % (k1, res, ev["line"]))
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    ck.require(master_of(before, "r3p")[0] == pid and master_of(before, "r3k")[0] == k2,
+               "masters before: r3p %s, r3k %s" % (master_of(before, "r3p")[0], master_of(before, "r3k")[0]))
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    ck.expect(master_of(after, "r3p")[0] == pid and master_of(after, "r3k")[0] == k2,
+              "the masters should not change: r3p %s, r3k %s" % (master_of(after, "r3p")[0], master_of(after, "r3k")[0]))
+    for res in ("r3p", "r3k"):
+        check_master_lvb(ck, after, res, v1, True, "after")
+        m, r = master_of(after, res)
+        ck.expect(r is not None and not any(l.nodeid == k1 for l in r.locks), "%s: node%d's lock not purged" % (res, k1))
+    ck.expect("dlm_recover_purge 1 locks for 1 nodes" in c.dmesg(k2), "node%d: no purge of node%d's lock on r3k in dmesg" % (k2, k1))
+    # r3p (dlm-peer masters): the kernel reads, then writes, then dlm-peer reads
+    ev = kernel_cast(c, ck, k2, "lock r r3p PR VALBLK", "r", "PR|VALBLK on r3p")
+    expect_read(ck, "node%d" % k2, "PR|VALBLK on r3p (dlm-peer master)", ev.get("status") == "OK", ev.get("hex"), v1,
+                bool(sbflags(ev) & VALNOTVALID), True)
+    ev = kernel_cast(c, ck, k2, "convert r EX VALBLK", "r", "PR->EX|VALBLK on r3p")
+    ck.expect(ev.get("status") == "OK" and sbflags(ev) & VALNOTVALID, "node%d PR->EX|VALBLK on r3p: still VALNOTVALID "
+              "before anyone wrote: %s" % (k2, ev["line"]))
+    kernel_cast(c, ck, k2, "convert r NL VALBLK lvb=s6-v2", "r", "EX->NL writing v2 on r3p")
+    a = peerctl.convert(pid, LS, p_nl, "PR", flags=("VALBLK",))
+    expect_read(ck, "dlm-peer", "NL->PR|VALBLK on r3p after node%d wrote v2: %s" % (k2, a), a.get("status") == "granted",
+                a.get("lvb"), v2, "VALNOTVALID" in peer_flags(a), False)
+    # r3k (the kernel masters): dlm-peer reads, then writes, then the kernel reads
+    a = peer_lock(c, ck, pid, "r3k", "PR", flags=("VALBLK",))
+    expect_read(ck, "dlm-peer", "PR|VALBLK on r3k (node%d master): %s" % (k2, a), a.get("status") == "granted",
+                a.get("lvb"), v1, "VALNOTVALID" in peer_flags(a), True)
+    lk = int(a.get("lkid") or 0)
+    a = peerctl.convert(pid, LS, lk, "EX", flags=("VALBLK",))
+    ck.expect(a.get("status") == "granted" and "VALNOTVALID" in peer_flags(a),
+              "dlm-peer PR->EX|VALBLK on r3k: still VALNOTVALID before anyone wrote: %s" % a)
+    a = peerctl.convert(pid, LS, lk, "NL", flags=("VALBLK",), lvb_hex=v2)
+    ck.expect(a.get("status") == "granted", "dlm-peer EX->NL writing v2 on r3k: %s" % a)
+    ev = kernel_cast(c, ck, k2, "convert m PR VALBLK", "m", "NL->PR|VALBLK on r3k")
+    expect_read(ck, "node%d" % k2, "NL->PR|VALBLK on r3k after dlm-peer wrote v2", ev.get("status") == "OK", ev.get("hex"),
+                v2, bool(sbflags(ev) & VALNOTVALID), False)
+    end = all_dumps(c, [k2, pid], "end")
+    ck.expect(not dumpmod.check(end, [k2, pid]), "invariants at the end: %s" % dumpmod.check(end, [k2, pid]))
+    for res in ("r3p", "r3k"):
+        check_master_lvb(ck, end, res, v2, False, "end")
+
+
+# ------------------------------------------------------------------ S7: operations in flight to a dying master
+WAIT_TYPES = {1: "REQUEST", 2: "CONVERT", 3: "UNLOCK", 4: "CANCEL"}   # DLM_MSG_* as lkb_wait_type
+
+
+def freeze_node(c, nid):
+    """SIGSTOP the node's process (its QEMU, or dlm-peer): it keeps its connections and answers
+    nothing, so every operation sent to it stays in flight until it is killed (fail_node)."""
+    import signal as _signal
+    node = c.nodes[nid]
+    c.step("node%d frozen (SIGSTOP of pid %d)" % (nid, node.proc.pid))
+    os.kill(node.proc.pid, _signal.SIGSTOP)
+    node.frozen = True
+
+
+def in_background(fn, *args):
+    """Runs fn(*args) in a thread; returns a dict that gets "result" (or "error") when it ends."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args)
+        except Exception as e:   # noqa: BLE001 - reported by the scenario's checks
+            box["error"] = repr(e)
+    box["thread"] = threading.Thread(target=run, daemon=True)
+    box["thread"].start()
+    return box
+
+
+def kernel_waiters(c, k):
+    """The kernel's operations waiting for a reply (debugfs <ls>_waiters): [(lkid, type, node, res)]."""
+    out = []
+    for line in c.kernel(k).sh("cat /sys/kernel/debug/dlm/%s_waiters" % LS).splitlines():
+        w = line.split()
+        if len(w) >= 4 and re.fullmatch(r"[0-9a-f]+", w[0]):
+            out.append((int(w[0], 16), int(w[1]), int(w[2]), w[3]))
+    return out
+
+
+def sc_s7_kernel_master_dies(c, ck):
+    """S7, dlm-peer as the requester: K1 masters s7-req/-cvt/-unl/-can (it locks each NL first);
+    dlm-peer holds NL on s7-req and s7-cvt, PR on s7-unl; K2 holds EX on s7-can and dlm-peer's PR
+    waits behind it. K1's VM is frozen (SIGSTOP of its QEMU); dlm-peer then requests EX on s7-req,
+    converts NL->EX on s7-cvt, unlocks s7-unl and cancels its waiting PR on s7-can: all four wait
+    for K1 (dlm-peer's waiters list: REQUEST, CONVERT, UNLOCK, CANCEL to K1). K1 is killed and the
+    survivors recover without it: the request and the conversion are resent to the new master and
+    granted, the unlock completes (-DLM_EUNLOCK: "unlocked"), the cancel with -DLM_ECANCEL
+    ("cancelled"); the new masters hold exactly the surviving locks (dumps, invariants)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    names = ("s7-req", "s7-cvt", "s7-unl", "s7-can")
+    for n in names:
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (n[3:], n), "m" + n[3:], "NL on " + n)
+    held = {}
+    for n, mode in (("s7-req", "NL"), ("s7-cvt", "NL"), ("s7-unl", "PR")):
+        a = peer_lock(c, ck, pid, n, mode)
+        ck.require(a.get("status") == "granted", "dlm-peer %s on %s: %s" % (mode, n, a))
+        held[n] = int(a["lkid"])
+    ev = kernel_cast(c, ck, k2, "lock h s7-can EX", "h", "EX on s7-can")
+    ck.require(ev.get("status") == "OK", "node%d EX on s7-can: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "s7-can", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on s7-can should wait for node%d's EX: %s" % (k2, a))
+    can_lk = int(a["lkid"])
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for n in names:
+        ck.require(master_of(before, n)[0] == k1, "node%d should master %s: %s" % (k1, n, master_of(before, n)[0]))
+    freeze_node(c, k1)
+    ops = {
+        "REQUEST": in_background(peerctl.lock, pid, LS, "s7-req", "EX", (), None, True, 120.0),
+        "CONVERT": in_background(peerctl.convert, pid, LS, held["s7-cvt"], "EX", (), None, True, 120.0),
+        "UNLOCK": in_background(peerctl.unlock, pid, LS, held["s7-unl"], (), None, 120.0),
+        "CANCEL": in_background(peerctl.cancel, pid, LS, can_lk, 120.0),
+    }
+    end = time.time() + 10
+    waiting = {}
+    while time.time() < end:
+        doc = peerctl.locks_json(pid, LS)
+        waiting = {w.get("wait_type_name"): (w.get("nodeid"), w.get("resource")) for w in doc.get("waiters", [])}
+        if len(waiting) >= 4:
+            break
+        time.sleep(0.2)
+    c.trace("dlm-peer waiters with node%d frozen: %s" % (k1, waiting))
+    for op, n in (("REQUEST", "s7-req"), ("CONVERT", "s7-cvt"), ("UNLOCK", "s7-unl"), ("CANCEL", "s7-can")):
+        ck.expect(waiting.get(op) == (k1, n), "dlm-peer should wait for node%d's reply to its %s on %s: waiters %s"
+                  % (k1, op, n, waiting))
+    time.sleep(1.0)
+    ck.expect(not any("result" in b or "error" in b for b in ops.values()),
+              "an operation completed while its master was frozen: %s" % {k: b.get("result") for k, b in ops.items()})
+    ck.metric("peer_waiters_in_flight", len(waiting), "")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    for b in ops.values():
+        b["thread"].join(30)
+    res = {k: b.get("result") or {"error": b.get("error", "still waiting")} for k, b in ops.items()}
+    c.trace("results: %s" % json.dumps(res)[:1500])
+    ck.expect(res["REQUEST"].get("status") == "granted" and res["REQUEST"].get("mode") == "EX",
+              "the in-flight REQUEST should be resent to the new master and granted: %s" % res["REQUEST"])
+    ck.expect(res["CONVERT"].get("status") == "granted" and res["CONVERT"].get("mode") == "EX",
+              "the in-flight NL->EX CONVERT should be resent and granted: %s" % res["CONVERT"])
+    ck.expect(res["UNLOCK"].get("status") == "unlocked", "the in-flight UNLOCK should complete (-DLM_EUNLOCK): %s" % res["UNLOCK"])
+    ck.expect(res["CANCEL"].get("status") == "cancelled", "the in-flight CANCEL should complete (-DLM_ECANCEL): %s" % res["CANCEL"])
+    ck.note("results after node%d died: %s" % (k1, {k: (v.get("status"), v.get("mode"), v.get("result")) for k, v in res.items()}))
+    time.sleep(0.5)
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+
+    def peer_locks_on(n):
+        return sorted((l.grmode, l.queue) for l in after[pid].get(n, dumpmod.Resource(n, None)).locks if l.nodeid is None)
+    ck.expect(peer_locks_on("s7-req") == [("EX", "granted"), ("NL", "granted")], "dlm-peer's locks on s7-req: %s" % peer_locks_on("s7-req"))
+    ck.expect(peer_locks_on("s7-cvt") == [("EX", "granted")], "dlm-peer's locks on s7-cvt: %s" % peer_locks_on("s7-cvt"))
+    ck.expect(peer_locks_on("s7-unl") == [], "dlm-peer's locks on s7-unl after the unlock: %s" % peer_locks_on("s7-unl"))
+    ck.expect(peer_locks_on("s7-can") == [], "dlm-peer's locks on s7-can after the cancel: %s" % peer_locks_on("s7-can"))
+    m, r = master_of(after, "s7-can")
+    ck.expect(r is not None and [(l.grmode, l.queue) for l in r.locks] == [("EX", "granted")],
+              "s7-can's new master (node %s) should hold only node%d's EX: %s" % (m, k2, r))
+    doc = peerctl.locks_json(pid, LS)
+    ck.expect(not doc.get("waiters"), "dlm-peer still waits for replies: %s" % doc.get("waiters"))
+    ck.metric("new_masters", {n: master_of(after, n)[0] for n in names}, "")
+
+
+def sc_s7_peer_master_dies(c, ck):
+    """S7, a kernel as the requester: dlm-peer masters s7-req/-cvt/-unl/-can (it locks each NL
+    first); K1 holds NL on s7-req and s7-cvt, PR on s7-unl; K2 holds EX on s7-can and K1's PR waits
+    behind it. dlm-peer is frozen (SIGSTOP); K1 then requests EX on s7-req, converts NL->EX on
+    s7-cvt, unlocks s7-unl and cancels its waiting PR: all four wait for dlm-peer (K1's debugfs
+    waiters: types 1-4 to dlm-peer). dlm-peer is killed (SIGKILL) and the kernels recover without
+    it: K1's request and conversion are resent to the new master and granted, the unlock
+    completes with -DLM_EUNLOCK, the cancel with -DLM_ECANCEL."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    names = ("s7-req", "s7-cvt", "s7-unl", "s7-can")
+    for n in names:
+        a = peer_lock(c, ck, pid, n, "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (n, a))
+    kernel_cast(c, ck, k1, "lock a s7-req NL", "a", "NL on s7-req")
+    kernel_cast(c, ck, k1, "lock c s7-cvt NL", "c", "NL on s7-cvt")
+    kernel_cast(c, ck, k1, "lock u s7-unl PR", "u", "PR on s7-unl")
+    kernel_cast(c, ck, k2, "lock h s7-can EX", "h", "EX on s7-can")
+    c.agent(k1, LS, "lock q s7-can PR", wait="REQ q ")
+    c.agent_wait(k2, LS, "BAST h ", timeout=10)
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for n in names:
+        ck.require(master_of(before, n)[0] == pid, "dlm-peer should master %s: %s" % (n, master_of(before, n)[0]))
+    freeze_node(c, pid)
+    c.agent(k1, LS, "lock b s7-req EX", wait="REQ b ")
+    c.agent(k1, LS, "convert c EX", wait="CONV c ")
+    c.agent(k1, LS, "unlock u", wait="UNLK u ")
+    c.agent(k1, LS, "cancel q", wait="CANC q ")
+    time.sleep(1.0)
+    w = kernel_waiters(c, k1)
+    ck.note("node%d waiters with dlm-peer frozen: %s" % (k1, [(hex(l), WAIT_TYPES.get(t, t), n, r) for l, t, n, r in w]))
+    have = {(WAIT_TYPES.get(t), r) for _, t, n, r in w if n == pid}
+    for op, n in (("REQUEST", "s7-req"), ("CONVERT", "s7-cvt"), ("UNLOCK", "s7-unl"), ("CANCEL", "s7-can")):
+        ck.expect((op, n) in have, "node%d should wait for dlm-peer's reply to its %s on %s: waiters %s" % (k1, op, n, w))
+    log = c.agent_log(k1, LS)
+    for t in ("b", "c", "u", "q"):
+        ck.expect(len(re.findall(r"CAST %s " % t, log)) == (1 if t in ("c", "u") else 0),
+                  "node%d: lock %s completed while its master was frozen:\n%s" % (k1, t, log[-800:]))
+    rec, _ = fail_node(c, ck, pid)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    ev = c.agent_wait(k1, LS, "CAST b ", timeout=20)
+    ck.expect(ev.get("status") == "OK", "node%d's in-flight REQUEST should be resent and granted: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST c ", count=2, timeout=20)
+    ck.expect(ev.get("status") == "OK", "node%d's in-flight NL->EX should be resent and granted: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST u ", count=2, timeout=20)
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d's in-flight UNLOCK should complete -DLM_EUNLOCK: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST q ", timeout=20)
+    ck.expect(ev.get("status") == "ECANCEL", "node%d's in-flight CANCEL should complete -DLM_ECANCEL: %s" % (k1, ev["line"]))
+    ck.expect(kernel_waiters(c, k1) == [], "node%d still waits for replies: %s" % (k1, kernel_waiters(c, k1)))
+    after = all_dumps(c, [k1, k2], "after")
+    ck.expect(not dumpmod.check(after, [k1, k2]), "invariants after: %s" % dumpmod.check(after, [k1, k2]))
+
+    def modes(n):
+        m, r = master_of(after, n)
+        return sorted((l.grmode, l.queue, l.nodeid or m) for l in r.locks) if r else None
+    ck.expect(modes("s7-req") == sorted([("EX", "granted", k1), ("NL", "granted", k1)]), "s7-req on its new master: %s" % modes("s7-req"))
+    ck.expect(modes("s7-cvt") == [("EX", "granted", k1)], "s7-cvt on its new master: %s" % modes("s7-cvt"))
+    ck.expect(not modes("s7-unl"), "s7-unl should have no lock left: %s" % modes("s7-unl"))
+    ck.expect(modes("s7-can") == [("EX", "granted", k2)], "s7-can on its new master: %s" % modes("s7-can"))
+    ck.metric("new_masters", {n: master_of(after, n)[0] for n in names}, "")
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -1821,6 +2242,21 @@ SCENARIOS = [
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
+    Scenario("s5a-lvb-preserved", "lab-peer.toml", sc_s5a_lvb_preserved,
+             "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid"),
+    Scenario("s5a-lvb-preserved-low", "lab-peer-low.toml", sc_s5a_lvb_preserved, "S5a with dlm-peer as the lowest node"),
+    Scenario("s5b-lvb-writers-lost", "lab-peer.toml", sc_s5b_lvb_writers_lost,
+             "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant"),
+    Scenario("s5b-lvb-writers-lost-low", "lab-peer-low.toml", sc_s5b_lvb_writers_lost, "S5b with dlm-peer as the lowest node"),
+    Scenario("s6-lvb-invalidated", "lab-peer.toml", sc_s6_lvb_invalidated,
+             "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write"),
+    Scenario("s6-lvb-invalidated-low", "lab-peer-low.toml", sc_s6_lvb_invalidated, "S6 with dlm-peer as the lowest node"),
+    Scenario("s7-kernel-master-dies", "lab-peer.toml", sc_s7_kernel_master_dies,
+             "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies"),
+    Scenario("s7-kernel-master-dies-low", "lab-peer-low.toml", sc_s7_kernel_master_dies, "S7 (kernel master) with dlm-peer as the lowest node"),
+    Scenario("s7-peer-master-dies", "lab-peer.toml", sc_s7_peer_master_dies,
+             "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed"),
+    Scenario("s7-peer-master-dies-low", "lab-peer-low.toml", sc_s7_peer_master_dies, "S7 (dlm-peer master) with dlm-peer as the lowest node"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
