@@ -1738,6 +1738,185 @@ def sc_s7_peer_master_dies(c, ck):
     ck.metric("new_masters", {n: master_of(after, n)[0] for n in names}, "")
 
 
+# ------------------------------------------------------------------ S8, S10, S14, S16: membership and control
+def node_running(c, nid, members):
+    """True once node `nid` runs `members` after its last recovery: a kernel whose last
+    `dlm_recover` line in dmesg is a finished one, a dlm-peer whose status says running."""
+    if isinstance(c.nodes[nid], cfgmod_peer_class()):
+        ls = next((l for l in peer_status(nid).get("lockspaces", []) if l.get("name") == LS), {})
+        return ls.get("phase") == "running" and ls.get("members") == sorted(members)
+    lines = [l for l in c.dmesg(nid).splitlines() if re.search(r"dlm: %s: dlm_recover \d+" % LS, l)]
+    return bool(lines) and re.search(r"generation \d+ done", lines[-1]) is not None
+
+
+def wait_running(c, ck, nodes, members, timeout, why):
+    end = time.time() + timeout
+    pending = list(nodes)
+    while pending and time.time() < end:
+        pending = [i for i in pending if not node_running(c, i, members)]
+        if pending:
+            time.sleep(0.3)
+    ck.require(not pending, "nodes %s not running with %s %s" % (pending, members, why))
+
+
+def peer_generation(pid):
+    ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+    return ls.get("generation"), ls.get("completed_recoveries")
+
+
+def cross_lock(c, ck, holder, other, res, label):
+    """The lockspace works between `holder` and `other` (each a kernel or dlm-peer): holder takes
+    EX on res, the other's NOQUEUE PR fails with EAGAIN, holder releases."""
+    def lock(n, tag, mode, flags=()):
+        if isinstance(c.nodes[n], cfgmod_peer_class()):
+            a = peer_lock(c, ck, n, res, mode, flags=flags)
+            return ("granted" if a.get("status") == "granted" else a.get("status")), a.get("lkid")
+        ev = kernel_cast(c, ck, n, "lock %s %s %s %s" % (tag, res, mode, " ".join(flags)), tag, "%s on %s" % (mode, res))
+        return ("granted" if ev.get("status") == "OK" else ev.get("status")), tag
+    st, h = lock(holder, "xh", "EX")
+    ck.expect(st == "granted", "%s: node%d EX on %s: %s" % (label, holder, res, st))
+    st, _ = lock(other, "xo", "PR", ("NOQUEUE",))
+    ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s next to node%d's EX: %s" % (label, other, res, holder, st))
+    if isinstance(c.nodes[holder], cfgmod_peer_class()):
+        peerctl.unlock(holder, LS, int(h))
+    else:
+        c.agent(holder, LS, "unlock xh", wait="CAST xh ")
+
+
+def sc_s8_change_during_recovery(c, ck):
+    """S8: K1's VM is powered off while K2 holds EX on r8 (mastered by K1) and dlm-peer waits PR on
+    it. The cluster manager first restarts the survivors with the old member list (K1 still in it):
+    their recovery cannot finish (K1 never answers RCOM_STATUS). It then stops them again (the
+    recovery is interrupted: kernel dmesg `dlm_recover N error -4` / `interrupted`, dlm-peer's log
+    likewise), changes the list to the survivors and starts them: that recovery completes, K2's EX
+    and dlm-peer's waiting PR are rebuilt on one new master (invariants: no duplicated master
+    copies), and dlm-peer's PR is granted after K2's unlock."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    kernel_cast(c, ck, k1, "lock m r8 NL", "m", "NL on r8")
+    ev = kernel_cast(c, ck, k2, "lock h r8 EX", "h", "EX on r8")
+    ck.require(ev.get("status") == "OK", "node%d EX on r8: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "r8", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on r8 should wait: %s" % a)
+    plk = int(a["lkid"])
+    everyone, survivors = sorted([k1, k2, pid]), sorted([k2, pid])
+    c.step("node%d powered off; the survivors are restarted with the OLD member list %s" % (k1, everyone))
+    c.kernel(k1).stop()
+    before = recovery_counts(c, survivors)
+    gen0 = peer_generation(pid)
+    for i in survivors:
+        node_stop(c, i)
+    for i in survivors:
+        node_start(c, i, everyone)
+    time.sleep(6)       # longer than recover_timer (5 s): the RCOM_STATUS to K1 was resent at least once
+    ck.expect(recoveries_done(c, k2) == before[k2], "node%d finished a recovery with dead node%d in the list" % (k2, k1))
+    ck.expect(peer_generation(pid) == gen0, "dlm-peer finished a recovery with dead node%d in the list: %s" % (k1, peer_generation(pid)))
+    ck.expect(re.search(r"dlm: %s: dlm_recover \d+\s*$" % LS, c.dmesg(k2), re.M) is not None, "node%d: no recovery started" % k2)
+    c.step("stop the survivors during that recovery, change the list to %s, start" % survivors)
+    t0 = time.time()
+    for i in survivors:
+        node_stop(c, i)
+    ck.metric("stop_during_recovery", round(time.time() - t0, 3))
+    d = c.dmesg(k2)
+    ck.expect(re.search(r"dlm_recover \d+ error -4|interrupted", d) is not None,
+              "node%d: the first recovery should end interrupted (-EINTR):\n%s" % (k2, "\n".join(d.splitlines()[-12:])))
+    ck.expect(wait_file(c.nodes[pid].log, "interrupted", 5), "dlm-peer: the first recovery should end interrupted:\n%s" % tail(c.nodes[pid].log))
+    for i in survivors:
+        node_start(c, i, survivors)
+    rec = wait_started(c, ck, survivors, before, 60, "after the second start")
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    c.members[LS] = set(survivors)
+    c.kernel(k2).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % k1)
+    after = all_dumps(c, survivors, "after")
+    ck.expect(not dumpmod.check(after, survivors), "invariants after: %s" % dumpmod.check(after, survivors))
+    m, r = master_of(after, "r8")
+    ck.require(r is not None, "no master of r8 after recovery")
+    ck.expect(sorted((l.grmode, l.queue) for l in r.locks) == [("--", "waiting"), ("EX", "granted")],
+              "r8 on its new master node%d: %s" % (m, r.locks))
+    ck.note("r8 remastered on node %d: %s" % (m, [(l.grmode, l.rqmode, l.queue, l.nodeid) for l in r.locks]))
+    c.agent(k2, LS, "unlock h", wait="CAST h ")
+    end = time.time() + 10
+    st = None
+    while time.time() < end and st != ("granted", "PR"):
+        st = peer_lock_state(c, pid, plk)
+        time.sleep(0.2)
+    ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r8 after node%d's unlock: %s" % (k2, st))
+
+
+def sc_s16_control_noops(c, ck):
+    """S16 on a kernel (sysfs control) and on dlm-peer (ls-stop/ls-start control lines): a start
+    while running is refused (kernel: dmesg `start ignored: lockspace running`, no recovery;
+    dlm-peer: an error answer, same generation); stopping a stopped lockspace and starting twice
+    are harmless: after stop, stop, start, start on every member all run the same members, K2's EX
+    and dlm-peer's waiting PR are intact (invariants), and locking still works."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    everyone = sorted([k1, k2, pid])
+    ev = kernel_cast(c, ck, k2, "lock h r16 EX", "h", "EX on r16")
+    ck.require(ev.get("status") == "OK", "node%d EX on r16: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "r16", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on r16 should wait: %s" % a)
+    plk = int(a["lkid"])
+    # start while running
+    n0, gen0 = recoveries_done(c, k1), peer_generation(pid)
+    c.kernel(k1).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    ans = peerctl.ls_start(pid, LS, [(i, c.cfg.node(i).weight) for i in everyone])
+    c.trace("dlm-peer ls-start while running -> %s" % ans)
+    time.sleep(1.0)
+    ck.expect("start ignored: lockspace running" in c.dmesg(k1), "node%d: no 'start ignored: lockspace running'" % k1)
+    ck.expect(recoveries_done(c, k1) == n0 and sysfs(c, k1, "recover_status") == ("ff" if k1 == min(everyone) else "55"),
+              "node%d ran a recovery after a start while running (recover_status %s)" % (k1, sysfs(c, k1, "recover_status")))
+    ck.expect("start ignored: lockspace running" in str(ans.get("error", "")), "dlm-peer ls-start while running: %s" % ans)
+    ck.expect(peer_generation(pid) == gen0, "dlm-peer's generation changed: %s -> %s" % (gen0, peer_generation(pid)))
+    cross_lock(c, ck, k1, pid, "r16a", "after a start while running")
+    # stop, stop again, start, start again
+    before = recovery_counts(c, everyone)
+    for i in everyone:
+        node_stop(c, i)
+    for i in everyone:
+        node_stop(c, i)
+    ck.expect(sysfs(c, k1, "recover_status") == "0", "node%d after two stops: recover_status %s" % (k1, sysfs(c, k1, "recover_status")))
+    ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+    ck.expect(ls.get("phase") != "running", "dlm-peer after two ls-stop: %s" % ls)
+    for i in everyone:
+        node_start(c, i, everyone)
+    for k in (k1, k2):
+        c.kernel(k).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 30)
+    seconds = {}
+    for i in everyone:
+        if i == pid:
+            ans = peerctl.ls_start(pid, LS, [(n, c.cfg.node(n).weight) for n in everyone])
+            seconds[i] = ans
+        else:
+            c.kernel(i).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    c.trace("dlm-peer's second ls-start -> %s" % seconds.get(pid))
+    wait_running(c, ck, everyone, everyone, 60, "after stop, stop, start, start")
+    time.sleep(1.0)
+    wait_running(c, ck, everyone, everyone, 30, "after stop, stop, start, start (settled)")
+    for k in (k1, k2):
+        d = "\n".join(l for l in c.dmesg(k).splitlines() if "dlm: %s:" % LS in l)
+        ck.note("node%d after the second start: %s" % (k, "; ".join(
+            x for x in ("start ignored" if d.count("start ignored") > (1 if k == k1 else 0) else "",
+                        "unused recovery" if "unused recovery" in d else "",
+                        "interrupted" if re.search(r"error -4|interrupted", d) else "") if x) or "accepted, one recovery"))
+    ck.note("dlm-peer's second ls-start: %s" % (seconds.get(pid, {}).get("result") or seconds.get(pid, {}).get("error")))
+    after = all_dumps(c, everyone, "after")
+    ck.expect(not dumpmod.check(after, everyone), "invariants after: %s" % dumpmod.check(after, everyone))
+    m, r = master_of(after, "r16")
+    ck.expect(r is not None and sorted((l.grmode, l.queue) for l in r.locks) == [("--", "waiting"), ("EX", "granted")],
+              "r16 on its master: %s" % (r.locks if r else None))
+    ck.expect(peer_lock_state(c, pid, plk) == ("waiting", "--"), "dlm-peer's PR on r16 should still wait: %s"
+              % (peer_lock_state(c, pid, plk),))
+    cross_lock(c, ck, pid, k1, "r16b", "after stop, stop, start, start")
+    c.agent(k2, LS, "unlock h", wait="CAST h ")
+    end = time.time() + 10
+    st = None
+    while time.time() < end and st != ("granted", "PR"):
+        st = peer_lock_state(c, pid, plk)
+        time.sleep(0.2)
+    ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r16 after node%d's unlock: %s" % (k2, st))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -2257,6 +2436,12 @@ SCENARIOS = [
     Scenario("s7-peer-master-dies", "lab-peer.toml", sc_s7_peer_master_dies,
              "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed"),
     Scenario("s7-peer-master-dies-low", "lab-peer-low.toml", sc_s7_peer_master_dies, "S7 (dlm-peer master) with dlm-peer as the lowest node"),
+    Scenario("s8-change-during-recovery", "lab-peer.toml", sc_s8_change_during_recovery,
+             "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it"),
+    Scenario("s8-change-during-recovery-low", "lab-peer-low.toml", sc_s8_change_during_recovery, "S8 with dlm-peer as the lowest node"),
+    Scenario("s16-control-noops", "lab-peer.toml", sc_s16_control_noops,
+             "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)"),
+    Scenario("s16-control-noops-low", "lab-peer-low.toml", sc_s16_control_noops, "S16 with dlm-peer as the lowest node"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
