@@ -1917,6 +1917,128 @@ def sc_s16_control_noops(c, ck):
     ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r16 after node%d's unlock: %s" % (k2, st))
 
 
+def add_comms(c, k, nid):
+    """The cluster manager gives kernel `k` a comms entry for node `nid` again (after it was
+    removed for a failure): a new midcomms node state (renew)."""
+    n = c.cfg.node(nid)
+    d = "/sys/kernel/config/dlm/cluster/comms/%d" % nid
+    c.kernel(k).sh("mkdir %s && echo %d > %s/nodeid && dlmlc sockaddr %s/addr %s" % (d, nid, d, d, n.address))
+
+
+def sc_s10_peer_rejoins(c, ck):
+    """S10: dlm-peer holds EX on r10k (mastered by K1) and masters r10p where K2 holds PR; it is
+    killed (SIGKILL). The kernels recover without it (K1 purges its EX: dmesg) and the cluster
+    manager drops its comms entry. A new dlm-peer process then rejoins: the kernels get a comms
+    entry again (a fresh midcomms state), are stopped, the new incarnation starts and joins, the
+    kernels are given the three members (configfs node 3 is new: renew) and started. The join
+    completes with no `seq mismatch` anywhere (kernel dmesg, dlm-peer's drop counters), nothing of
+    the old incarnation is left (dumps), and the new one locks: its EX on r10k is granted, its
+    NOQUEUE EX on r10p (K2 holds PR) fails with EAGAIN."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    peer = c.nodes[pid]
+    kernel_cast(c, ck, k1, "lock m r10k NL", "m", "NL on r10k")
+    a = peer_lock(c, ck, pid, "r10k", "EX")
+    ck.require(a.get("status") == "granted", "dlm-peer EX on r10k: %s" % a)
+    a = peer_lock(c, ck, pid, "r10p", "NL")
+    ck.require(a.get("status") == "granted", "dlm-peer NL on r10p: %s" % a)
+    ev = kernel_cast(c, ck, k2, "lock p r10p PR", "p", "PR on r10p")
+    ck.require(ev.get("status") == "OK", "node%d PR on r10p: %s" % (k2, ev["line"]))
+    rec, _ = fail_node(c, ck, pid)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    ck.expect("dlm_recover_purge 1 locks for 1 nodes" in c.dmesg(k1), "node%d: no purge of dlm-peer's EX in dmesg" % k1)
+    gone = all_dumps(c, kernels, "after-crash")
+    ck.expect(not dumpmod.check(gone, kernels), "invariants after the crash: %s" % dumpmod.check(gone, kernels))
+    left = [(n, l.lkid) for d in gone.values() for n, r in d.items() for l in r.locks if l.nodeid == pid]
+    ck.expect(not left, "locks of the old dlm-peer left: %s" % left)
+    os.replace(peer.log, peer.log + ".1")
+    everyone = sorted(kernels + [pid])
+    c.step("dlm-peer node%d rejoins: comms again, kernels stop, a new dlm-peer starts, kernels get %s and start" % (pid, everyone))
+    for k in kernels:
+        add_comms(c, k, pid)
+    before = recovery_counts(c, kernels)
+    for k in kernels:
+        node_stop(c, k)
+    peer.start()
+    peer.wait_ready()
+    for k in kernels:
+        node_start(c, k, everyone)
+    ck.require(wait_file(peer.log, "joined %s" % LS, 60), "the new dlm-peer did not join:\n%s" % tail(peer.log))
+    wait_started(c, ck, kernels, before, 30, "after dlm-peer rejoined")
+    c.members[LS] = set(everyone)
+    for k in kernels:
+        d = c.dmesg(k)
+        ck.expect("seq mismatch" not in d, "node%d dmesg: seq mismatch after the rejoin:\n%s" % (k, "\n".join(
+            l for l in d.splitlines() if "seq mismatch" in l)[:1000]))
+        ck.expect(d.count("add member %d" % pid) >= 2, "node%d dmesg: no second 'add member %d'" % (k, pid))
+        v = c.kernel(k).sh("cat /sys/kernel/debug/dlm/comms/%d/version 2>/dev/null || true" % pid).strip()
+        ck.expect(v == "0x00030002", "node%d: comms/%d/version %r after the rejoin" % (k, pid, v))
+    st = peer_status(pid)
+    drops = {p["node"]: p.get("drops") for p in st.get("peers", [])}
+    ck.note("new dlm-peer's drop counters: %s" % drops)
+    ck.expect(not any("seq" in k for d in drops.values() for k in (d or {})), "the new dlm-peer dropped messages: %s" % drops)
+    ck.expect("seq mismatch" not in open(peer.log).read(), "the new dlm-peer logged a seq mismatch:\n%s" % tail(peer.log))
+    a = peer_lock(c, ck, pid, "r10k", "EX", flags=("NOQUEUE",))
+    ck.expect(a.get("status") == "granted", "the new dlm-peer's EX on r10k (the old one's was purged): %s" % a)
+    a2 = peer_lock(c, ck, pid, "r10p", "EX", flags=("NOQUEUE",))
+    ck.expect(a2.get("status") == "EAGAIN", "the new dlm-peer's NOQUEUE EX on r10p next to node%d's PR: %s" % (k2, a2))
+    ev = kernel_cast(c, ck, k2, "lock q r10k PR NOQUEUE", "q", "NOQUEUE PR on r10k")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR next to the new dlm-peer's EX: %s" % (k2, ev["line"]))
+    end = all_dumps(c, everyone, "end")
+    ck.expect(not dumpmod.check(end, everyone), "invariants at the end: %s" % dumpmod.check(end, everyone))
+
+
+def sc_s14_requestqueue(c, ck):
+    """S14: dlm-peer masters r14 and r14b (it locks NL on each first); K1 holds PR on r14 and NL on
+    r14b. dlm-peer is stopped (the first half of the barrier); K1, still running, then sends a
+    CONVERT PR->EX on r14 and a newer REQUEST EX on r14b to it: dlm-peer queues both (its
+    requestqueue) and answers nothing while stopped. After every member is stopped and started
+    with the same members, dlm-peer processes the saved messages in order: the conversion is
+    granted before the request (K1's completions, in order), both after the recovery."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    everyone = sorted(kernels + [pid])
+    for n in ("r14", "r14b"):
+        a = peer_lock(c, ck, pid, n, "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (n, a))
+    kernel_cast(c, ck, k1, "lock c r14 PR", "c", "PR on r14")
+    kernel_cast(c, ck, k1, "lock a r14b NL", "a", "NL on r14b")
+    before = recovery_counts(c, everyone)
+    c.step("dlm-peer is stopped; node%d (running) sends it a CONVERT and a REQUEST" % k1)
+    node_stop(c, pid)
+    c.agent(k1, LS, "convert c EX", wait="CONV c ")
+    c.agent(k1, LS, "lock x r14b EX", wait="REQ x ")
+    time.sleep(1.5)
+    log = c.agent_log(k1, LS)
+    ck.expect(log.count("CAST c ") == 1 and "CAST x " not in log,
+              "node%d got an answer from the stopped dlm-peer:\n%s" % (k1, log[-600:]))
+    w = kernel_waiters(c, k1)
+    ck.expect({(WAIT_TYPES.get(t), r) for _, t, n, r in w if n == pid} == {("CONVERT", "r14"), ("REQUEST", "r14b")},
+              "node%d should wait for dlm-peer's replies to its CONVERT and REQUEST: %s" % (k1, w))
+    for k in kernels:
+        node_stop(c, k)
+    for i in everyone:
+        node_start(c, i, everyone)
+    wait_started(c, ck, everyone, before, 60, "after the restart with the same members")
+    cv = c.agent_wait(k1, LS, "CAST c ", count=2, timeout=20)
+    rq = c.agent_wait(k1, LS, "CAST x ", timeout=20)
+    ck.expect(cv.get("status") == "OK" and rq.get("status") == "OK",
+              "node%d's queued CONVERT and REQUEST should be granted after recovery: %s / %s" % (k1, cv["line"], rq["line"]))
+    ck.expect(cv.get("t", 0) <= rq.get("t", -1), "the CONVERT (sent first) should complete before the REQUEST: %s / %s"
+              % (cv["line"], rq["line"]))
+    ck.metric("convert_before_request_s", round(rq.get("t", 0) - cv.get("t", 0), 4))
+    recs = read_capture(c)
+    d1, dp = "%d->%d" % (k1, pid), "%d->%d" % (pid, k1)
+    sent = [r for r in recs if r["dir"] == d1 and r["type"] in ("CONVERT", "REQUEST")]
+    replies = [r for r in recs if r["dir"] == dp and r["type"] in ("CONVERT_REPLY", "REQUEST_REPLY", "GRANT")]
+    c.trace("capture %s: %s; %s: %s" % (d1, [(r["t"], r["type"]) for r in sent][-4:], dp, [(r["t"], r["type"]) for r in replies][-4:]))
+    ck.note("last messages %s: %s; replies: %s" % (d1, [r["type"] for r in sent][-2:], [r["type"] for r in replies][-2:]))
+    ck.expect([r["type"] for r in replies][-2:] == ["CONVERT_REPLY", "REQUEST_REPLY"],
+              "dlm-peer's replies after recovery should be CONVERT_REPLY then REQUEST_REPLY: %s" % [r["type"] for r in replies][-4:])
+    end = all_dumps(c, everyone, "end")
+    ck.expect(not dumpmod.check(end, everyone), "invariants at the end: %s" % dumpmod.check(end, everyone))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -2442,6 +2564,12 @@ SCENARIOS = [
     Scenario("s16-control-noops", "lab-peer.toml", sc_s16_control_noops,
              "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)"),
     Scenario("s16-control-noops-low", "lab-peer-low.toml", sc_s16_control_noops, "S16 with dlm-peer as the lowest node"),
+    Scenario("s10-peer-rejoins", "lab-peer.toml", sc_s10_peer_rejoins,
+             "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch"),
+    Scenario("s10-peer-rejoins-low", "lab-peer-low.toml", sc_s10_peer_rejoins, "S10 with dlm-peer as the lowest node"),
+    Scenario("s14-requestqueue", "lab-peer.toml", sc_s14_requestqueue,
+             "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery"),
+    Scenario("s14-requestqueue-low", "lab-peer-low.toml", sc_s14_requestqueue, "S14 with dlm-peer as the lowest node"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
