@@ -1119,24 +1119,37 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     process copy matched by its master copy (ids crossed, same modes and queue), compatible
     grants, no lock of a non-member. At the end everyone releases everything and no lock is
     left anywhere."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    peers = sorted(p.id for p in c.peers)
+    c.join(LS)
+    for pid in peers:
+        ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer node%d did not join" % pid)
+    for k in kernels:
+        c.agent_start(k, LS)
+    random_rounds(c, ck, rounds, seed)
+    for pid in peers:
+        peer_leaves(c, ck, pid)
+    leave_all(c, ck, list(reversed(kernels)))
+
+
+def random_rounds(c, ck, rounds, seed=None, prefix="rw-"):
+    """The random workload of sc_random_workload on every current member (kernels with running
+    lock clients, dlm-peers), invariants after every round; at the end everything is released
+    (the kernels' lock clients exit) and no lock may be left anywhere."""
     import random
     seed = seed if seed is not None else int(time.time())
     rnd = random.Random(seed)
     ck.note("seed %d" % seed)
-    kernels = sorted(k.id for k in c.kernel_nodes)
-    pid = sorted(p.id for p in c.peers)[0]
-    everyone = sorted(kernels + [pid])
+    everyone = sorted(c.members[LS])
+    kernels = kernels_among(c, everyone)
+    peers = [i for i in everyone if i not in kernels]
     members = [(i, c.cfg.node(i).weight) for i in everyone]
     # resources: for each node as directory node, two names (their masters: whoever locks first)
     names = []
     for d in everyone:
-        names += [n for n in ("rw-%d" % i for i in range(400)) if directory_node(n.encode(), members) == d][:2]
-    c.join(LS)
-    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
-    for k in kernels:
-        c.agent_start(k, LS)
+        names += [n for n in ("%s%d" % (prefix, i) for i in range(400)) if directory_node(n.encode(), members) == d][:2]
     modes = ["NL", "CR", "CW", "PR", "PW", "EX"]
-    peer_lkid = {}          # name -> lkid of dlm-peer's lock on it
+    peer_lkid = {}          # (node, name) -> lkid of a dlm-peer's lock on it
     kernel_lkid = {}        # (node, name) -> lkid
     ops = 0
     checked = {"locks": 0, "remote": 0, "waiting": 0}
@@ -1152,40 +1165,41 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
         if problems:
             break
 
-        def state(node, lkid):
-            for r in dumps_now.get(node, {}).values():
-                for l in r.locks:
-                    if l.lkid == lkid and l.nodeid is None:
-                        return l.queue
+        def state(node, name, lkid):
+            """The queue of the node's own lock `lkid` on `name` (lock ids are reused)."""
+            r = dumps_now.get(node, {}).get(name)
+            for l in (r.locks if r else []):
+                if l.lkid == lkid and l.nodeid is None:
+                    return l.queue
             return None
         for node in everyone:
             for name in names:
                 if rnd.random() < 0.5:
                     continue
-                if node == pid:
-                    lkid = peer_lkid.get(name)
-                    st = state(pid, lkid) if lkid is not None else None
+                if node in peers:
+                    lkid = peer_lkid.get((node, name))
+                    st = state(node, name, lkid) if lkid is not None else None
                     if st is None:
-                        peer_lkid.pop(name, None)
+                        peer_lkid.pop((node, name), None)
                         flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
-                        ans = peer_lock(c, ck, pid, name, rnd.choice(modes), flags=flags, wait=False)
+                        ans = peer_lock(c, ck, node, name, rnd.choice(modes), flags=flags, wait=False)
                         if ans.get("lkid") is not None and ans.get("status") in ("granted", "queued"):
-                            peer_lkid[name] = int(ans["lkid"])
+                            peer_lkid[(node, name)] = int(ans["lkid"])
                     elif st == "granted":
                         x = rnd.random()
                         if x < 0.4:
-                            peer_answer(c, pid, "unlock", peerctl.unlock(pid, LS, lkid))
-                            peer_lkid.pop(name, None)
+                            peer_answer(c, node, "unlock", peerctl.unlock(node, LS, lkid))
+                            peer_lkid.pop((node, name), None)
                         elif x < 0.8:
                             flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
-                            peerctl.convert(pid, LS, lkid, rnd.choice(modes), flags=flags, wait=False)
+                            peerctl.convert(node, LS, lkid, rnd.choice(modes), flags=flags, wait=False)
                     else:
                         if rnd.random() < 0.5:
-                            peerctl.cancel(pid, LS, lkid)
+                            peerctl.cancel(node, LS, lkid)
                 else:
                     tag = "t%s" % name.replace("-", "")
                     lkid = kernel_lkid.get((node, name))
-                    st = state(node, lkid) if lkid is not None else None
+                    st = state(node, name, lkid) if lkid is not None else None
                     if st is None:
                         kernel_lkid.pop((node, name), None)           # a new lock reuses the tag
                         flags = " NOQUEUE" if rnd.random() < 0.3 else ""
@@ -1212,14 +1226,15 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     # release everything: dlm-peer cancels what waits and unlocks what is granted; the kernels'
     # lock clients exit (closing /dev/dlm_<ls> releases all their locks, as for any process)
     for _ in range(3):
-        d = all_dumps(c, [pid], "release")
-        for r in d[pid].values():
-            for l in r.locks:
-                if l.nodeid is None:
-                    if l.queue == "granted":
-                        peerctl.unlock(pid, LS, l.lkid)
-                    else:
-                        peerctl.cancel(pid, LS, l.lkid)
+        d = all_dumps(c, peers, "release")
+        for pid in peers:
+            for r in d[pid].values():
+                for l in r.locks:
+                    if l.nodeid is None:
+                        if l.queue == "granted":
+                            peerctl.unlock(pid, LS, l.lkid)
+                        else:
+                            peerctl.cancel(pid, LS, l.lkid)
         time.sleep(0.5)
     for k in kernels:
         c.agent_quit(k, LS)
@@ -1228,8 +1243,6 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     left = {i: sum(len(r.locks) for r in d.values()) for i, d in final.items()}
     ck.expect(not dumpmod.check(final, everyone), "final invariants: %s" % dumpmod.check(final, everyone))
     ck.expect(all(v == 0 for v in left.values()), "locks left after releasing everything: %s" % left)
-    peer_leaves(c, ck, pid)
-    leave_all(c, ck, list(reversed(kernels)))
 
 
 def peer_lock_state(c, pid, lkid):
@@ -1749,14 +1762,15 @@ def node_running(c, nid, members):
     return bool(lines) and re.search(r"generation \d+ done", lines[-1]) is not None
 
 
-def wait_running(c, ck, nodes, members, timeout, why):
+def wait_running(c, nodes, members, timeout):
+    """The nodes among `nodes` that do not run `members` after `timeout` seconds."""
     end = time.time() + timeout
     pending = list(nodes)
     while pending and time.time() < end:
         pending = [i for i in pending if not node_running(c, i, members)]
         if pending:
             time.sleep(0.3)
-    ck.require(not pending, "nodes %s not running with %s %s" % (pending, members, why))
+    return pending
 
 
 def peer_generation(pid):
@@ -1890,9 +1904,19 @@ def sc_s16_control_noops(c, ck):
         else:
             c.kernel(i).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
     c.trace("dlm-peer's second ls-start -> %s" % seconds.get(pid))
-    wait_running(c, ck, everyone, everyone, 60, "after stop, stop, start, start")
-    time.sleep(1.0)
-    wait_running(c, ck, everyone, everyone, 30, "after stop, stop, start, start (settled)")
+    stuck = wait_running(c, everyone, everyone, 20)
+    if stuck and all(c.cfg.node(k).kernel == "6.1" for k in kernels):
+        ck.require(False, "nodes %s not running with %s after stop, stop, start, start" % (stuck, everyone))
+    elif stuck:
+        # Newer kernels (6.6+) send a recovery's RCOM requests with that recovery's seq and drop
+        # replies whose seq is not the current ls_recover_seq: a second start during a recovery
+        # bumps it, so the running recovery never gets a reply again until the next stop. The
+        # cluster manager's stop + start recovers; 6.1 (current seq at send time) does not wedge.
+        ck.note("after the double start nodes %s did not finish (%s: stale-seq replies dropped); stop + start"
+                % (stuck, "+".join(sorted({c.cfg.node(k).kernel for k in kernels}))))
+        restart_members(c, ck, everyone, 60, "after the stop + start that follows the double start")
+    stuck = wait_running(c, everyone, everyone, 30)
+    ck.require(not stuck, "nodes %s not running with %s after stop, stop, start, start" % (stuck, everyone))
     for k in (k1, k2):
         d = "\n".join(l for l in c.dmesg(k).splitlines() if "dlm: %s:" % LS in l)
         ck.note("node%d after the second start: %s" % (k, "; ".join(
@@ -2039,6 +2063,134 @@ def sc_s14_requestqueue(c, ck):
     ck.expect(not dumpmod.check(end, everyone), "invariants at the end: %s" % dumpmod.check(end, everyone))
 
 
+# ------------------------------------------------------------------ two kernels and two dlm-peers
+class Locker:
+    """One node's locks by tag, the same calls for a kernel (its lock client) and a dlm-peer
+    (its control socket)."""
+
+    def __init__(self, c, ck, nid):
+        self.c, self.ck, self.id = c, ck, nid
+        self.peer = isinstance(c.nodes[nid], cfgmod_peer_class())
+        self.lkids = {}         # tag -> dlm-peer lkid
+        self.casts = {}         # tag -> completions seen (kernel)
+
+    def lock(self, tag, res, mode, flags=(), block=True):
+        """'granted', 'queued' or the failure status (EAGAIN, ...)."""
+        if self.peer:
+            a = peer_lock(self.c, self.ck, self.id, res, mode, flags=flags, wait=block)
+            if a.get("lkid") is not None:
+                self.lkids[tag] = int(a["lkid"])
+            return a.get("status")
+        cmd = "lock %s %s %s %s" % (tag, res, mode, " ".join(flags))
+        if not block:
+            self.c.agent(self.id, LS, cmd, wait="REQ %s " % tag)
+            time.sleep(0.3)
+            return "granted" if self.completed(tag) else "queued"
+        ev = self.c.agent(self.id, LS, cmd, wait="CAST %s " % tag)
+        if ev.get("status") != "OK":
+            return ev.get("status")
+        self.casts[tag] = self.casts.get(tag, 0) + 1
+        return "granted"
+
+    def completed(self, tag):
+        """True once a queued lock is granted (then counted as such)."""
+        if self.peer:
+            return (peer_lock_state(self.c, self.id, self.lkids[tag]) or ("",))[0] == "granted"
+        n = len(re.findall(r" CAST %s .*status=OK" % re.escape(tag), self.c.agent_log(self.id, LS)))
+        if n > self.casts.get(tag, 0):
+            self.casts[tag] = n
+            return True
+        return False
+
+    def unlock(self, tag):
+        if self.peer:
+            return peerctl.unlock(self.id, LS, self.lkids.pop(tag)).get("status")
+        ev = self.c.agent(self.id, LS, "unlock %s" % tag, wait="CAST %s " % tag)
+        self.casts.pop(tag, None)
+        return "unlocked" if ev.get("status") == "EUNLOCK" else ev.get("status")
+
+
+def pairwise_locking(c, ck, nodes, label):
+    """For every ordered pair (a, b) of `nodes`: a locks EX first on its own name (a masters it);
+    b's NOQUEUE PR fails with EAGAIN, b's PR queues, a's unlock grants it. Returns the pairs done."""
+    lk = {n: Locker(c, ck, n) for n in nodes}
+    done = 0
+    for a in nodes:
+        for b in nodes:
+            if a == b:
+                continue
+            res, ta, tb = "%s-%d-%d" % (label, a, b), "a%d%d" % (a, b), "b%d%d" % (a, b)
+            ck.expect(lk[a].lock(ta, res, "EX") == "granted", "%s: node%d EX on %s" % (label, a, res))
+            st = lk[b].lock(tb + "n", res, "PR", ("NOQUEUE",))
+            ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s (node%d holds EX): %s" % (label, b, res, a, st))
+            st = lk[b].lock(tb, res, "PR", block=False)
+            ck.expect(st == "queued", "%s: node%d PR on %s should wait for node%d's EX: %s" % (label, b, res, a, st))
+            lk[a].unlock(ta)
+            end = time.time() + 10
+            granted = False
+            while not granted and time.time() < end:
+                granted = lk[b].completed(tb)
+                time.sleep(0 if granted else 0.2)
+            ck.expect(granted, "%s: node%d's PR on %s not granted after node%d's unlock" % (label, b, res, a))
+            lk[b].unlock(tb)
+            done += 1
+    return done
+
+
+def sc_two_kernels_two_peers(c, ck, rounds=10):
+    """Two kernels and two dlm-peers form `alpha` (slots and generation agreed by all four);
+    every node locks against every other on a name each one masters (12 ordered pairs: EX
+    blocks, NOQUEUE fails, the queued PR is granted after the unlock); the random workload
+    runs on all four with the invariants checked from every node's dumps after each round; then
+    a kernel holding locks is powered off and the three survivors recover (invariants, its locks
+    purged, the dlm-peers lock against each other and the kernel)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    peers = sorted(p.id for p in c.peers)
+    ck.require(len(kernels) == 2 and len(peers) == 2, "needs two kernels and two dlm-peers")
+    everyone = sorted(kernels + peers)
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    for pid in peers:
+        ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer node%d did not join:\n%s" % (pid, tail(c.nodes[pid].log)))
+    gens = set()
+    for pid in peers:
+        ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+        ck.expect(ls.get("members") == everyone and ls.get("phase") == "running", "dlm-peer node%d status: %s" % (pid, ls))
+        gens.add(ls.get("generation"))
+    for k in kernels:
+        m = re.findall(r"dlm: %s: generation (\d+) slots (\d+)" % LS, c.dmesg(k))
+        ck.expect(m and m[-1][1] == "4", "node%d: no 4-slot generation in dmesg: %s" % (k, m))
+        if m:
+            gens.add(int(m[-1][0]))
+    ck.expect(len(gens) == 1, "the four nodes disagree on the generation: %s" % gens)
+    for k in kernels:
+        c.agent_start(k, LS)
+    ck.metric("pairs_locked", pairwise_locking(c, ck, everyone, "x"), "")
+    random_rounds(c, ck, rounds)
+    # a kernel fails while holding an EX (mastered by a dlm-peer) and mastering a resource a dlm-peer holds
+    dead, k2 = kernels
+    p3, p4 = peers
+    c.agent_start(dead, LS)
+    c.agent_start(k2, LS)
+    ck.require(Locker(c, ck, p3).lock("m", "f-1", "NL") == "granted", "dlm-peer node%d NL on f-1" % p3)
+    ck.require(Locker(c, ck, dead).lock("h", "f-1", "EX") == "granted", "node%d EX on f-1" % dead)
+    ck.require(Locker(c, ck, dead).lock("k", "f-2", "NL") == "granted", "node%d NL on f-2" % dead)
+    ck.require(Locker(c, ck, p4).lock("p", "f-2", "PR") == "granted", "dlm-peer node%d PR on f-2" % p4)
+    rec, _ = fail_node(c, ck, dead)
+    ck.metric("recovery_ms", rec, "ms")
+    survivors = sorted(c.members[LS])
+    after = all_dumps(c, survivors, "after-failure")
+    ck.expect(not dumpmod.check(after, survivors), "invariants after node%d failed: %s" % (dead, dumpmod.check(after, survivors)))
+    m1, r1 = master_of(after, "f-1")
+    ck.expect(m1 == p3 and [(l.grmode, l.nodeid) for l in r1.locks] == [("NL", None)],
+              "f-1 on dlm-peer node%d after node%d's EX was purged: %s" % (p3, dead, r1.locks if r1 else None))
+    m2, r2 = master_of(after, "f-2")
+    ck.expect(r2 is not None and [l.grmode for l in r2.locks] == ["PR"], "f-2 remastered with node%d's PR: %s"
+              % (p4, (m2, r2.locks if r2 else None)))
+    ck.note("after node%d failed: f-2 remastered on node %s" % (dead, m2))
+    ck.metric("pairs_locked_after_failure", pairwise_locking(c, ck, survivors, "y"), "")
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -2052,23 +2204,11 @@ def peer_leaves(c, ck, pid, timeout=20):
     p = c.nodes[pid]
     remaining = sorted(c.members[LS] - {pid})
     c.step("dlm-peer node%d leaves %s; remaining %s: stop all, then members+start all" % (pid, LS, remaining))
-    done_before = {i: recoveries_done(c, i) for i in remaining}
     t0 = time.time()
     p.proc.send_signal(_signal.SIGTERM)
-    for i in remaining:
-        c.kernel(i).sh("dlmlc stop %s" % LS)
-    for i in remaining:
-        c.kernel(i).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(remaining)), "/tmp/members-%s.log" % LS)
-    for i in remaining:
-        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
-        ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
-    # let the remaining kernels finish that recovery before anything else (a 5.10 kernel that
-    # releases a lockspace mid-recovery waits a second for it)
-    for i in remaining:
-        end = time.time() + timeout
-        while recoveries_done(c, i) <= done_before[i] and time.time() < end:
-            time.sleep(0.05)
-        ck.expect(recoveries_done(c, i) > done_before[i], "node%d: no recovery finished after node%d left" % (i, pid))
+    # the remaining members (kernels and other dlm-peers) finish that recovery before anything
+    # else (a 5.10 kernel that releases a lockspace mid-recovery waits a second for it)
+    restart_members(c, ck, remaining, timeout, "after node%d left" % pid)
     try:
         rc = p.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -2570,6 +2710,8 @@ SCENARIOS = [
     Scenario("s14-requestqueue", "lab-peer.toml", sc_s14_requestqueue,
              "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery"),
     Scenario("s14-requestqueue-low", "lab-peer-low.toml", sc_s14_requestqueue, "S14 with dlm-peer as the lowest node"),
+    Scenario("two-kernels-two-peers", "lab-2k2p.toml", sc_two_kernels_two_peers,
+             "2 kernels + 2 dlm-peers: formation, every node locks against every other, random workload, a kernel fails"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),
