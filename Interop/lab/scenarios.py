@@ -2191,6 +2191,37 @@ def sc_two_kernels_two_peers(c, ck, rounds=10):
     ck.metric("pairs_locked_after_failure", pairwise_locking(c, ck, survivors, "y"), "")
 
 
+def sc_s16_double_start_kernels(c, ck):
+    """S16's double start among kernels only (three kernels): stop all, start all, start all again
+    at once. On 6.1 the second start interrupts the first recovery and the next one completes; on
+    newer kernels (rcom requests carry the recovery's own seq) the running recovery may wedge on
+    replies dropped as old until the cluster manager's next stop + start (noted)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    c.join(LS)
+    before = recovery_counts(c, kernels)
+    for k in kernels:
+        node_stop(c, k)
+    for k in kernels:
+        node_start(c, k, kernels)
+    for k in kernels:
+        c.kernel(k).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 30)
+    for k in kernels:
+        c.kernel(k).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    stuck = wait_running(c, kernels, kernels, 20)
+    ck.metric("stuck_after_double_start", stuck, "")
+    for k in kernels:
+        d = "\n".join(l for l in c.dmesg(k).splitlines() if "dlm: %s:" % LS in l)
+        ck.note("node%d: %d recoveries done since the stop; %s" % (k, recoveries_done(c, k) - before[k],
+                "interrupted" if re.search(r"error -4|interrupted", d) else "not interrupted"))
+    if all(c.cfg.node(k).kernel == "6.1" for k in kernels):
+        ck.expect(not stuck, "6.1 nodes %s did not finish after the double start" % stuck)
+    elif stuck:
+        ck.note("%s: nodes %s wedged after the double start; stop + start" % (c.cfg.node(kernels[0]).kernel, stuck))
+        restart_members(c, ck, kernels, 60, "after the stop + start that follows the double start")
+    ck.require(not wait_running(c, kernels, kernels, 30), "kernels not running at the end")
+    blocking_and_lvb(c, ck, kernels[0], kernels[1], res="res-s16")
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -2684,32 +2715,34 @@ SCENARIOS = [
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
     Scenario("s5a-lvb-preserved", "lab-peer.toml", sc_s5a_lvb_preserved,
-             "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid"),
+             "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid", default=True),
     Scenario("s5a-lvb-preserved-low", "lab-peer-low.toml", sc_s5a_lvb_preserved, "S5a with dlm-peer as the lowest node"),
     Scenario("s5b-lvb-writers-lost", "lab-peer.toml", sc_s5b_lvb_writers_lost,
-             "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant"),
+             "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant", default=True),
     Scenario("s5b-lvb-writers-lost-low", "lab-peer-low.toml", sc_s5b_lvb_writers_lost, "S5b with dlm-peer as the lowest node"),
     Scenario("s6-lvb-invalidated", "lab-peer.toml", sc_s6_lvb_invalidated,
-             "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write"),
+             "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write", default=True),
     Scenario("s6-lvb-invalidated-low", "lab-peer-low.toml", sc_s6_lvb_invalidated, "S6 with dlm-peer as the lowest node"),
     Scenario("s7-kernel-master-dies", "lab-peer.toml", sc_s7_kernel_master_dies,
-             "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies"),
+             "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies", default=True),
     Scenario("s7-kernel-master-dies-low", "lab-peer-low.toml", sc_s7_kernel_master_dies, "S7 (kernel master) with dlm-peer as the lowest node"),
     Scenario("s7-peer-master-dies", "lab-peer.toml", sc_s7_peer_master_dies,
-             "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed"),
+             "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed", default=True),
     Scenario("s7-peer-master-dies-low", "lab-peer-low.toml", sc_s7_peer_master_dies, "S7 (dlm-peer master) with dlm-peer as the lowest node"),
     Scenario("s8-change-during-recovery", "lab-peer.toml", sc_s8_change_during_recovery,
-             "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it"),
+             "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it", default=True),
     Scenario("s8-change-during-recovery-low", "lab-peer-low.toml", sc_s8_change_during_recovery, "S8 with dlm-peer as the lowest node"),
     Scenario("s16-control-noops", "lab-peer.toml", sc_s16_control_noops,
-             "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)"),
+             "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)", default=True),
     Scenario("s16-control-noops-low", "lab-peer-low.toml", sc_s16_control_noops, "S16 with dlm-peer as the lowest node"),
     Scenario("s10-peer-rejoins", "lab-peer.toml", sc_s10_peer_rejoins,
-             "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch"),
+             "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch", default=True),
     Scenario("s10-peer-rejoins-low", "lab-peer-low.toml", sc_s10_peer_rejoins, "S10 with dlm-peer as the lowest node"),
     Scenario("s14-requestqueue", "lab-peer.toml", sc_s14_requestqueue,
-             "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery"),
+             "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery", default=True),
     Scenario("s14-requestqueue-low", "lab-peer-low.toml", sc_s14_requestqueue, "S14 with dlm-peer as the lowest node"),
+    Scenario("s16-double-start-kernels", "lab-3node.toml", sc_s16_double_start_kernels,
+             "S16's double start among three kernels only (6.1 interrupts and recovers; newer kernels may wedge)"),
     Scenario("two-kernels-two-peers", "lab-2k2p.toml", sc_two_kernels_two_peers,
              "2 kernels + 2 dlm-peers: formation, every node locks against every other, random workload, a kernel fails"),
     Scenario("decode", "lab-2node.toml", sc_decode,
