@@ -2222,6 +2222,95 @@ def sc_s16_double_start_kernels(c, ck):
     blocking_and_lvb(c, ck, kernels[0], kernels[1], res="res-s16")
 
 
+def decode_messages(c):
+    """Every DLM message of the run's capture as dlm-peer decode --json reads it."""
+    c.finish_capture()
+    r = subprocess.run([find_dlm_peer(), "decode", "--json", c.pcap], capture_output=True, text=True, timeout=300)
+    out = []
+    for line in r.stdout.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def sc_s8_rebuild_interrupted(c, ck, count=1500):
+    """S8's -EEXIST path: K1 masters `count` names on which K2 and dlm-peer hold NL. K1's VM is
+    powered off and the survivors start without it: K2 (the low survivor) becomes the new master
+    and dlm-peer sends it its locks (RCOM_LOCK). As soon as dlm-peer has sent them all, both are
+    stopped, dlm-peer first (K2 has rebuilt only part of them: the kernel works through them at
+    TCG speed; its replies reach a stopped dlm-peer, which ignores them) and
+    started again with the same members: dlm-peer re-sends the locks still unacknowledged and
+    K2 answers those it already has with -EEXIST (the capture's RCOM_LOCK_REPLY results). In the
+    end every dlm-peer lock has exactly one master copy on K2 (no duplicates: dumps)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    ck.require(k2 < pid, "this scenario wants the kernel as the low survivor (lab-peer.toml)")
+    prefix = "s8e-"
+    ev = c.agent(k1, LS, "many m %s NL %d" % (prefix, count), wait="MANYDONE m ", timeout=120)
+    ck.require(ev.get("ok") == str(count), "node%d many: %s" % (k1, ev["line"]))
+    t0 = time.time()
+    for i in range(count):
+        a = peerctl.lock(pid, LS, "%s%d" % (prefix, i), "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s%d: %s" % (prefix, i, a))
+    ck.metric("peer_locks_taken", round(time.time() - t0, 3))
+    ev = c.agent(k2, LS, "many k %s NL %d" % (prefix, count), wait="MANYDONE k ", timeout=120)
+    ck.require(ev.get("ok") == str(count), "node%d many: %s" % (k2, ev["line"]))
+    survivors = sorted([k2, pid])
+    c.step("node%d powered off; survivors start without it; stopped again once dlm-peer sent its locks" % k1)
+    c.kernel(k1).stop()
+    before = recovery_counts(c, survivors)
+    logpos = len(open(c.nodes[pid].log).read())
+    for i in survivors:
+        node_stop(c, i)
+    for i in survivors:
+        node_start(c, i, survivors)
+    peer = c.nodes[pid]
+    end = time.time() + 60
+    sent = None
+    while sent is None and time.time() < end:
+        sent = re.findall(r"dlm_recover_locks (\d+) out", open(peer.log).read()[logpos:])
+        sent = int(sent[0]) if sent else None
+        time.sleep(0 if sent else 0.02)
+    ck.require(sent, "dlm-peer did not send its locks:\n%s" % tail(peer.log))
+    # dlm-peer first: the LOCK_REPLYs the kernel still sends are then ignored (a stopped node
+    # takes only RCOM_STATUS), so the locks stay unacknowledged and are sent again
+    for i in (pid, k2):
+        node_stop(c, i)
+    ck.metric("peer_rcom_locks_sent", sent, "")
+    d = c.dmesg(k2)
+    interrupted = re.search(r"dlm_recover \d+ error -4|interrupted", d) is not None
+    ck.expect(interrupted, "node%d: the first recovery should be interrupted:\n%s" % (k2, "\n".join(d.splitlines()[-10:])))
+    m = re.findall(r"dlm_recover_locks (\d+) in", d)
+    ck.note("node%d before the stop: %s" % (k2, "dlm_recover_locks %s in" % m[-1] if m else "no lock rebuild finished"))
+    for i in survivors:
+        node_start(c, i, survivors)
+    wait_started(c, ck, survivors, before, 120, "after the second start")
+    c.members[LS] = set(survivors)
+    c.kernel(k2).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % k1)
+    after = all_dumps(c, survivors, "after")
+    problems = dumpmod.check(after, survivors)
+    ck.expect(not problems, "invariants after: %s" % problems[:5])
+    copies = sum(1 for n, r in after[k2].items() if n.startswith(prefix) and r.master == 0
+                 for l in r.locks if l.nodeid == pid)
+    masters = {i: sum(1 for n, r in after[i].items() if n.startswith(prefix) and r.master == 0) for i in survivors}
+    ck.metric("master_copies_of_peer_locks_on_node%d" % k2, copies, "")
+    ck.metric("new_masters", masters, "")
+    ck.expect(copies == masters[k2], "node%d masters %d names but holds %d master copies of dlm-peer's locks"
+              % (k2, masters[k2], copies))
+    results = {}
+    for m in decode_messages(c):
+        body = m.get("message", {})
+        body = body.get("inner", body)
+        if body.get("rc_type") == "LOCK_REPLY" and body.get("h_nodeid") == k2:
+            res = int(re.match(r"-?\d+", str(body.get("rl_result", 0))).group())     # "-17(-EEXIST)"
+            results[res] = results.get(res, 0) + 1
+    ck.metric("rcom_lock_reply_results", results, "")
+    ck.expect(results.get(-17, 0) > 0, "no RCOM_LOCK_REPLY with -EEXIST from node%d (results %s): the rebuild was not "
+              "interrupted midway" % (k2, results))
+
+
 BENCH_PEER_RES = "bench-p2"
 
 
@@ -2732,6 +2821,8 @@ SCENARIOS = [
     Scenario("s8-change-during-recovery", "lab-peer.toml", sc_s8_change_during_recovery,
              "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it", default=True),
     Scenario("s8-change-during-recovery-low", "lab-peer-low.toml", sc_s8_change_during_recovery, "S8 with dlm-peer as the lowest node"),
+    Scenario("s8-rebuild-interrupted", "lab-peer.toml", sc_s8_rebuild_interrupted,
+             "S8's -EEXIST path: a lock rebuild (1,500 RCOM_LOCKs) interrupted midway and redone: no duplicated master copies"),
     Scenario("s16-control-noops", "lab-peer.toml", sc_s16_control_noops,
              "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)", default=True),
     Scenario("s16-control-noops-low", "lab-peer-low.toml", sc_s16_control_noops, "S16 with dlm-peer as the lowest node"),
