@@ -1254,6 +1254,16 @@ def peer_lock_state(c, pid, lkid):
     return None
 
 
+def wait_peer_lock(c, pid, lkid, want, timeout=10):
+    """Polls dlm-peer's lock `lkid` until its (queue, grmode) is `want`; returns the last seen."""
+    end = time.time() + timeout
+    st = peer_lock_state(c, pid, lkid)
+    while st != want and time.time() < end:
+        time.sleep(0.1)
+        st = peer_lock_state(c, pid, lkid)
+    return st
+
+
 def sc_peer_contend(c, ck):
     """Issue 6's interop list, between a kernel's lock client and dlm-peer, on a resource
     mastered by dlm-peer and on one mastered by the kernel: LVB written by each side (dlm-peer
@@ -1315,13 +1325,7 @@ def sc_peer_contend(c, ck):
         ck.expect(a.get("status") == "queued", "%s: dlm-peer PR->EX next to the kernel's PR should wait: %s" % (res, a))
         c.agent_wait(k1, LS, "BAST %s " % tag, count=2, timeout=10)
         c.agent(k1, LS, "unlock %s" % tag, wait="CAST %s " % tag)
-        end = time.time() + 10
-        st = None
-        while time.time() < end:
-            st = peer_lock_state(c, pid, lk)
-            if st == ("granted", "EX"):
-                break
-            time.sleep(0.1)
+        st = wait_peer_lock(c, pid, lk, ("granted", "EX"))
         ck.expect(st == ("granted", "EX"), "%s: dlm-peer's PR->EX after the kernel's unlock: %s" % (res, st))
         d = all_dumps(c, [k1, pid], res)
         ck.expect(not dumpmod.check(d, [k1, pid]), "%s: invariants: %s" % (res, dumpmod.check(d, [k1, pid])))
@@ -1849,11 +1853,7 @@ def sc_s8_change_during_recovery(c, ck):
               "r8 on its new master node%d: %s" % (m, r.locks))
     ck.note("r8 remastered on node %d: %s" % (m, [(l.grmode, l.rqmode, l.queue, l.nodeid) for l in r.locks]))
     c.agent(k2, LS, "unlock h", wait="CAST h ")
-    end = time.time() + 10
-    st = None
-    while time.time() < end and st != ("granted", "PR"):
-        st = peer_lock_state(c, pid, plk)
-        time.sleep(0.2)
+    st = wait_peer_lock(c, pid, plk, ("granted", "PR"))
     ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r8 after node%d's unlock: %s" % (k2, st))
 
 
@@ -1933,11 +1933,7 @@ def sc_s16_control_noops(c, ck):
               % (peer_lock_state(c, pid, plk),))
     cross_lock(c, ck, pid, k1, "r16b", "after stop, stop, start, start")
     c.agent(k2, LS, "unlock h", wait="CAST h ")
-    end = time.time() + 10
-    st = None
-    while time.time() < end and st != ("granted", "PR"):
-        st = peer_lock_state(c, pid, plk)
-        time.sleep(0.2)
+    st = wait_peer_lock(c, pid, plk, ("granted", "PR"))
     ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r16 after node%d's unlock: %s" % (k2, st))
 
 
@@ -2720,6 +2716,14 @@ class Scenario:
         return os.path.join(paths.CONFIG_DIR, self.config)
 
 
+def with_low(name, fn, sid, about, **kw):
+    """A scenario on lab-peer.toml and its `-low` twin on lab-peer-low.toml, where dlm-peer is
+    node 1, the lowest id (the recovery coordinator). Only the first can be in the default set."""
+    return [Scenario(name, "lab-peer.toml", fn, about, **kw),
+            Scenario(name + "-low", "lab-peer-low.toml", fn, "%s with dlm-peer as the lowest node" % sid,
+                     **{k: v for k, v in kw.items() if k != "default"})]
+
+
 SCENARIOS = [
     Scenario("basic", "lab-2node.toml", sc_basic, "2 nodes: EX blocks, BAST, NOQUEUE -EAGAIN, LVB, conversions, clean leave (FIN < 1 s)",
              default=True),
@@ -2803,35 +2807,26 @@ SCENARIOS = [
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
-    Scenario("s5a-lvb-preserved", "lab-peer.toml", sc_s5a_lvb_preserved,
-             "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid", default=True),
-    Scenario("s5a-lvb-preserved-low", "lab-peer-low.toml", sc_s5a_lvb_preserved, "S5a with dlm-peer as the lowest node"),
-    Scenario("s5b-lvb-writers-lost", "lab-peer.toml", sc_s5b_lvb_writers_lost,
-             "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant", default=True),
-    Scenario("s5b-lvb-writers-lost-low", "lab-peer-low.toml", sc_s5b_lvb_writers_lost, "S5b with dlm-peer as the lowest node"),
-    Scenario("s6-lvb-invalidated", "lab-peer.toml", sc_s6_lvb_invalidated,
-             "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write", default=True),
-    Scenario("s6-lvb-invalidated-low", "lab-peer-low.toml", sc_s6_lvb_invalidated, "S6 with dlm-peer as the lowest node"),
-    Scenario("s7-kernel-master-dies", "lab-peer.toml", sc_s7_kernel_master_dies,
-             "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies", default=True),
-    Scenario("s7-kernel-master-dies-low", "lab-peer-low.toml", sc_s7_kernel_master_dies, "S7 (kernel master) with dlm-peer as the lowest node"),
-    Scenario("s7-peer-master-dies", "lab-peer.toml", sc_s7_peer_master_dies,
-             "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed", default=True),
-    Scenario("s7-peer-master-dies-low", "lab-peer-low.toml", sc_s7_peer_master_dies, "S7 (dlm-peer master) with dlm-peer as the lowest node"),
-    Scenario("s8-change-during-recovery", "lab-peer.toml", sc_s8_change_during_recovery,
-             "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it", default=True),
-    Scenario("s8-change-during-recovery-low", "lab-peer-low.toml", sc_s8_change_during_recovery, "S8 with dlm-peer as the lowest node"),
+    *with_low("s5a-lvb-preserved", sc_s5a_lvb_preserved, "S5a",
+              "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid", default=True),
+    *with_low("s5b-lvb-writers-lost", sc_s5b_lvb_writers_lost, "S5b",
+              "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant", default=True),
+    *with_low("s6-lvb-invalidated", sc_s6_lvb_invalidated, "S6",
+              "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write", default=True),
+    *with_low("s7-kernel-master-dies", sc_s7_kernel_master_dies, "S7 (kernel master)",
+              "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies", default=True),
+    *with_low("s7-peer-master-dies", sc_s7_peer_master_dies, "S7 (dlm-peer master)",
+              "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed", default=True),
+    *with_low("s8-change-during-recovery", sc_s8_change_during_recovery, "S8",
+              "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it", default=True),
     Scenario("s8-rebuild-interrupted", "lab-peer.toml", sc_s8_rebuild_interrupted,
              "S8's -EEXIST path: a lock rebuild (1,500 RCOM_LOCKs) interrupted midway and redone: no duplicated master copies"),
-    Scenario("s16-control-noops", "lab-peer.toml", sc_s16_control_noops,
-             "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)", default=True),
-    Scenario("s16-control-noops-low", "lab-peer-low.toml", sc_s16_control_noops, "S16 with dlm-peer as the lowest node"),
-    Scenario("s10-peer-rejoins", "lab-peer.toml", sc_s10_peer_rejoins,
-             "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch", default=True),
-    Scenario("s10-peer-rejoins-low", "lab-peer-low.toml", sc_s10_peer_rejoins, "S10 with dlm-peer as the lowest node"),
-    Scenario("s14-requestqueue", "lab-peer.toml", sc_s14_requestqueue,
-             "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery", default=True),
-    Scenario("s14-requestqueue-low", "lab-peer-low.toml", sc_s14_requestqueue, "S14 with dlm-peer as the lowest node"),
+    *with_low("s16-control-noops", sc_s16_control_noops, "S16",
+              "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)", default=True),
+    *with_low("s10-peer-rejoins", sc_s10_peer_rejoins, "S10",
+              "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch", default=True),
+    *with_low("s14-requestqueue", sc_s14_requestqueue, "S14",
+              "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery", default=True),
     Scenario("s16-double-start-kernels", "lab-3node.toml", sc_s16_double_start_kernels,
              "S16's double start among three kernels only (6.1 interrupts and recovers; newer kernels may wedge)"),
     Scenario("two-kernels-two-peers", "lab-2k2p.toml", sc_two_kernels_two_peers,
