@@ -290,6 +290,7 @@ class PeerNode:
         self.log = os.path.join(cluster.rundir, "%s.log" % self.name)
         self.proc = None
         self.marker = None
+        self.addressed = False
         self.agent_proc = None          # agent mode: `dlm-peer agent` for this node, next to it
         self.agent_marker = None
         self.agent_log = os.path.join(cluster.rundir, "%s.agent.log" % self.name)
@@ -299,8 +300,10 @@ class PeerNode:
         binary = find_dlm_peer()
         if not binary:
             raise Skip("dlm-peer binary not built (node %d is a peer)" % self.id)
-        for a in self.node.addresses:
-            self.c.ns_ip("addr", "add", "%s/%d" % (a, cfgmod.LAB_NET.prefixlen), "dev", "br0")
+        if not self.addressed:      # a dlm-peer started again (a new incarnation) keeps its addresses
+            for a in self.node.addresses:
+                self.c.ns_ip("addr", "add", "%s/%d" % (a, cfgmod.LAB_NET.prefixlen), "dev", "br0")
+            self.addressed = True
         cmd = ["ip", "netns", "exec", self.c.netns, binary, "run", "--config", self.c.config_file,
                "--node", str(self.id)] + list(self.c.peer_args.get(self.id, []))
         self.marker = "--config %s --node %d" % (self.c.config_file, self.id)

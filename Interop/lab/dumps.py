@@ -11,6 +11,7 @@ while no operation is in flight:
   * every process copy (a lock on a resource mastered elsewhere) has its master copy on the
     master, with the same lock ids crossed (our id = its remote id) and the same modes and
     queue, and every master copy of a remote lock has its process copy on the holder;
+  * no lock has two master copies (a rebuild that created one twice);
   * the granted modes of a resource are pairwise compatible;
   * no lock belongs to a node that is not a member.
 """
@@ -162,6 +163,9 @@ def check(dumps: dict, members) -> list:
             if l.nodeid is not None:
                 if l.nodeid not in members:
                     bad.append("%r: master copy %x belongs to node %d, not a member" % (name, l.lkid, l.nodeid))
+                if (l.nodeid, l.remid) in by_holder:
+                    bad.append("%r: two master copies (%x, %x) of node %d's lock %x"
+                               % (name, by_holder[(l.nodeid, l.remid)].lkid, l.lkid, l.nodeid, l.remid))
                 by_holder[(l.nodeid, l.remid)] = l
         for nid, r in holders.items():
             if nid == master:

@@ -730,6 +730,8 @@ def fail_node(c, ck, dead, timeout=120):
         c.state.drop_proc(node.proc.pid)
         node.proc = None
     else:
+        if getattr(node, "frozen", False):
+            os.kill(node.proc.pid, _signal.SIGKILL)     # SIGTERM would wait for a SIGCONT
         node.stop()
     t0 = time.time()
     out = restart_members(c, ck, survivors, timeout, "after node%d failed" % dead)
@@ -1117,24 +1119,37 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     process copy matched by its master copy (ids crossed, same modes and queue), compatible
     grants, no lock of a non-member. At the end everyone releases everything and no lock is
     left anywhere."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    peers = sorted(p.id for p in c.peers)
+    c.join(LS)
+    for pid in peers:
+        ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer node%d did not join" % pid)
+    for k in kernels:
+        c.agent_start(k, LS)
+    random_rounds(c, ck, rounds, seed)
+    for pid in peers:
+        peer_leaves(c, ck, pid)
+    leave_all(c, ck, list(reversed(kernels)))
+
+
+def random_rounds(c, ck, rounds, seed=None, prefix="rw-"):
+    """The random workload of sc_random_workload on every current member (kernels with running
+    lock clients, dlm-peers), invariants after every round; at the end everything is released
+    (the kernels' lock clients exit) and no lock may be left anywhere."""
     import random
     seed = seed if seed is not None else int(time.time())
     rnd = random.Random(seed)
     ck.note("seed %d" % seed)
-    kernels = sorted(k.id for k in c.kernel_nodes)
-    pid = sorted(p.id for p in c.peers)[0]
-    everyone = sorted(kernels + [pid])
+    everyone = sorted(c.members[LS])
+    kernels = kernels_among(c, everyone)
+    peers = [i for i in everyone if i not in kernels]
     members = [(i, c.cfg.node(i).weight) for i in everyone]
     # resources: for each node as directory node, two names (their masters: whoever locks first)
     names = []
     for d in everyone:
-        names += [n for n in ("rw-%d" % i for i in range(400)) if directory_node(n.encode(), members) == d][:2]
-    c.join(LS)
-    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join")
-    for k in kernels:
-        c.agent_start(k, LS)
+        names += [n for n in ("%s%d" % (prefix, i) for i in range(400)) if directory_node(n.encode(), members) == d][:2]
     modes = ["NL", "CR", "CW", "PR", "PW", "EX"]
-    peer_lkid = {}          # name -> lkid of dlm-peer's lock on it
+    peer_lkid = {}          # (node, name) -> lkid of a dlm-peer's lock on it
     kernel_lkid = {}        # (node, name) -> lkid
     ops = 0
     checked = {"locks": 0, "remote": 0, "waiting": 0}
@@ -1150,40 +1165,41 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
         if problems:
             break
 
-        def state(node, lkid):
-            for r in dumps_now.get(node, {}).values():
-                for l in r.locks:
-                    if l.lkid == lkid and l.nodeid is None:
-                        return l.queue
+        def state(node, name, lkid):
+            """The queue of the node's own lock `lkid` on `name` (lock ids are reused)."""
+            r = dumps_now.get(node, {}).get(name)
+            for l in (r.locks if r else []):
+                if l.lkid == lkid and l.nodeid is None:
+                    return l.queue
             return None
         for node in everyone:
             for name in names:
                 if rnd.random() < 0.5:
                     continue
-                if node == pid:
-                    lkid = peer_lkid.get(name)
-                    st = state(pid, lkid) if lkid is not None else None
+                if node in peers:
+                    lkid = peer_lkid.get((node, name))
+                    st = state(node, name, lkid) if lkid is not None else None
                     if st is None:
-                        peer_lkid.pop(name, None)
+                        peer_lkid.pop((node, name), None)
                         flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
-                        ans = peer_lock(c, ck, pid, name, rnd.choice(modes), flags=flags, wait=False)
+                        ans = peer_lock(c, ck, node, name, rnd.choice(modes), flags=flags, wait=False)
                         if ans.get("lkid") is not None and ans.get("status") in ("granted", "queued"):
-                            peer_lkid[name] = int(ans["lkid"])
+                            peer_lkid[(node, name)] = int(ans["lkid"])
                     elif st == "granted":
                         x = rnd.random()
                         if x < 0.4:
-                            peer_answer(c, pid, "unlock", peerctl.unlock(pid, LS, lkid))
-                            peer_lkid.pop(name, None)
+                            peer_answer(c, node, "unlock", peerctl.unlock(node, LS, lkid))
+                            peer_lkid.pop((node, name), None)
                         elif x < 0.8:
                             flags = ("NOQUEUE",) if rnd.random() < 0.3 else ()
-                            peerctl.convert(pid, LS, lkid, rnd.choice(modes), flags=flags, wait=False)
+                            peerctl.convert(node, LS, lkid, rnd.choice(modes), flags=flags, wait=False)
                     else:
                         if rnd.random() < 0.5:
-                            peerctl.cancel(pid, LS, lkid)
+                            peerctl.cancel(node, LS, lkid)
                 else:
                     tag = "t%s" % name.replace("-", "")
                     lkid = kernel_lkid.get((node, name))
-                    st = state(node, lkid) if lkid is not None else None
+                    st = state(node, name, lkid) if lkid is not None else None
                     if st is None:
                         kernel_lkid.pop((node, name), None)           # a new lock reuses the tag
                         flags = " NOQUEUE" if rnd.random() < 0.3 else ""
@@ -1210,14 +1226,15 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     # release everything: dlm-peer cancels what waits and unlocks what is granted; the kernels'
     # lock clients exit (closing /dev/dlm_<ls> releases all their locks, as for any process)
     for _ in range(3):
-        d = all_dumps(c, [pid], "release")
-        for r in d[pid].values():
-            for l in r.locks:
-                if l.nodeid is None:
-                    if l.queue == "granted":
-                        peerctl.unlock(pid, LS, l.lkid)
-                    else:
-                        peerctl.cancel(pid, LS, l.lkid)
+        d = all_dumps(c, peers, "release")
+        for pid in peers:
+            for r in d[pid].values():
+                for l in r.locks:
+                    if l.nodeid is None:
+                        if l.queue == "granted":
+                            peerctl.unlock(pid, LS, l.lkid)
+                        else:
+                            peerctl.cancel(pid, LS, l.lkid)
         time.sleep(0.5)
     for k in kernels:
         c.agent_quit(k, LS)
@@ -1226,8 +1243,6 @@ def sc_random_workload(c, ck, rounds=25, seed=None):
     left = {i: sum(len(r.locks) for r in d.values()) for i, d in final.items()}
     ck.expect(not dumpmod.check(final, everyone), "final invariants: %s" % dumpmod.check(final, everyone))
     ck.expect(all(v == 0 for v in left.values()), "locks left after releasing everything: %s" % left)
-    peer_leaves(c, ck, pid)
-    leave_all(c, ck, list(reversed(kernels)))
 
 
 def peer_lock_state(c, pid, lkid):
@@ -1237,6 +1252,16 @@ def peer_lock_state(c, pid, lkid):
             if l.lkid == lkid and l.nodeid is None:
                 return l.queue, l.grmode
     return None
+
+
+def wait_peer_lock(c, pid, lkid, want, timeout=10):
+    """Polls dlm-peer's lock `lkid` until its (queue, grmode) is `want`; returns the last seen."""
+    end = time.time() + timeout
+    st = peer_lock_state(c, pid, lkid)
+    while st != want and time.time() < end:
+        time.sleep(0.1)
+        st = peer_lock_state(c, pid, lkid)
+    return st
 
 
 def sc_peer_contend(c, ck):
@@ -1300,13 +1325,7 @@ def sc_peer_contend(c, ck):
         ck.expect(a.get("status") == "queued", "%s: dlm-peer PR->EX next to the kernel's PR should wait: %s" % (res, a))
         c.agent_wait(k1, LS, "BAST %s " % tag, count=2, timeout=10)
         c.agent(k1, LS, "unlock %s" % tag, wait="CAST %s " % tag)
-        end = time.time() + 10
-        st = None
-        while time.time() < end:
-            st = peer_lock_state(c, pid, lk)
-            if st == ("granted", "EX"):
-                break
-            time.sleep(0.1)
+        st = wait_peer_lock(c, pid, lk, ("granted", "EX"))
         ck.expect(st == ("granted", "EX"), "%s: dlm-peer's PR->EX after the kernel's unlock: %s" % (res, st))
         d = all_dumps(c, [k1, pid], res)
         ck.expect(not dumpmod.check(d, [k1, pid]), "%s: invariants: %s" % (res, dumpmod.check(d, [k1, pid])))
@@ -1315,6 +1334,977 @@ def sc_peer_contend(c, ck):
     c.agent_quit(k1, LS)
     peer_leaves(c, ck, pid)
     leave_all(c, ck, list(reversed(kernels)))
+
+
+# ------------------------------------------------------------------ S5, S6: LVB through recovery
+VALNOTVALID = 0x02          # DLM_SBF_VALNOTVALID in a completion's sb_flags
+
+
+def lvb_hex(text):
+    """A 32-byte LVB holding `text` (NUL-padded), as hex."""
+    return (text.encode() + bytes(32 - len(text))).hex()
+
+
+def recovery_setup(c, ck):
+    """The lockspace formed with every node, dlm-peer joined, a lock client on every kernel.
+    Returns (kernels, the dlm-peer's id)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    c.join(LS)
+    ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer did not join:\n%s" % tail(c.nodes[pid].log))
+    for k in kernels:
+        c.agent_start(k, LS)
+    return kernels, pid
+
+
+def name_with_dir(c, prefix, among, want):
+    """The first name prefix0, prefix1, ... whose directory node among the nodes `among` is `want`
+    (so that, after the others left, `want` is the directory node: the first survivor to look the
+    name up in recovery, and so its likely new master)."""
+    members = [(i, c.cfg.node(i).weight) for i in sorted(among)]
+    return next(n for n in ("%s%d" % (prefix, i) for i in range(500)) if directory_node(n.encode(), members) == want)
+
+
+def master_of(dumps_by_node, name):
+    """(node, Resource) of the node holding the master copy of `name`, or (None, None)."""
+    for i, d in dumps_by_node.items():
+        if name in d and d[name].master == 0:
+            return i, d[name]
+    return None, None
+
+
+def kernel_cast(c, ck, k, cmd, tag, what):
+    """A lock client command on kernel `k` whose completion is awaited; the CAST event."""
+    ev = c.agent(k, LS, cmd, wait="CAST %s " % tag)
+    ck.require(ev.get("ev") == "CAST", "node%d %s: %s" % (k, what, ev["line"]))
+    return ev
+
+
+def sbflags(ev):
+    return int(ev.get("sbflags", "0"), 16)
+
+
+def peer_flags(ans):
+    return set(ans.get("sb_flags") or [])
+
+
+def expect_read(ck, who, what, status_ok, lvb, want_lvb, invalid, want_invalid):
+    """A VALBLK read was granted with the LVB `want_lvb` and with VALNOTVALID or not."""
+    ck.expect(status_ok, "%s %s: not granted" % (who, what))
+    ck.expect(lvb == want_lvb, "%s %s: LVB %s, expected %s" % (who, what, lvb, want_lvb))
+    ck.expect(invalid == want_invalid, "%s %s: VALNOTVALID %s, expected %s" % (who, what, invalid, want_invalid))
+
+
+def check_master_lvb(ck, after, name, want_hex, want_invalid, label):
+    """The new master copy of `name` carries the LVB `want_hex` and the VALNOTVALID flag or not."""
+    m, r = master_of(after, name)
+    ck.require(r is not None, "%s: no survivor masters %s: %s" % (label, name, {i: d.get(name) for i, d in after.items()}))
+    have = r.lvb.hex() if r.lvb is not None else None
+    ck.expect(have == want_hex, "%s: %s's master (node %d) has LVB %s, expected %s" % (label, name, m, have, want_hex))
+    ck.expect(r.lvb_invalid == want_invalid, "%s: %s's master (node %d): VALNOTVALID %s, expected %s"
+              % (label, name, m, r.lvb_invalid, want_invalid))
+    return m
+
+
+def sc_s5a_lvb_preserved(c, ck):
+    """S5a: K1 masters r4 (it locks it first, NL); K2 holds NL|VALBLK (it read the empty LVB);
+    dlm-peer holds PW|VALBLK after writing v2 (EX->PW with VALBLK). K1's VM is powered off: the
+    new master takes the LVB from the PW holder (v2), valid, and K2's NL->CR|VALBLK returns v2
+    without VALNOTVALID. Done on two names: one whose directory node among the survivors is
+    dlm-peer (dlm-peer becomes the new master: its recover_lvb) and one whose is K2 (the
+    kernel's recover_lvb from dlm-peer's RCOM_LOCK)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v2 = lvb_hex("s5a-v2")
+    names = {want: name_with_dir(c, "r4-", [k2, pid], want) for want in (pid, k2)}
+    plk = {}
+    for want, res in names.items():
+        t = "t%d" % want
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (t, res), "m" + t, "NL on " + res)
+        ev = kernel_cast(c, ck, k2, "lock n%s %s NL VALBLK" % (t, res), "n" + t, "NL|VALBLK on " + res)
+        ck.require(ev.get("status") == "OK", "node%d NL|VALBLK on %s: %s" % (k2, res, ev["line"]))
+        a = peer_lock(c, ck, pid, res, "EX", flags=("VALBLK",))
+        ck.require(a.get("status") == "granted", "dlm-peer EX|VALBLK on %s: %s" % (res, a))
+        plk[res] = int(a["lkid"])
+        a = peerctl.convert(pid, LS, plk[res], "PW", flags=("VALBLK",), lvb_hex=v2)
+        ck.require(a.get("status") == "granted", "dlm-peer EX->PW writing v2 on %s: %s" % (res, a))
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for res in names.values():
+        ck.require(master_of(before, res)[0] == k1, "node%d should master %s before: %s" % (k1, res, master_of(before, res)))
+        check_master_lvb(ck, before, res, v2, False, "before")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    for want, res in names.items():
+        m = check_master_lvb(ck, after, res, v2, False, "after")
+        ck.note("%s: directory node %d, new master %d, LVB v2 valid" % (res, want, m))
+        t = "t%d" % want
+        ev = kernel_cast(c, ck, k2, "convert n%s CR VALBLK" % t, "n" + t, "NL->CR|VALBLK on " + res)
+        expect_read(ck, "node%d" % k2, "NL->CR|VALBLK on %s (new master %d)" % (res, m), ev.get("status") == "OK",
+                    ev.get("hex"), v2, bool(sbflags(ev) & VALNOTVALID), False)
+        st = peer_lock_state(c, pid, plk[res])
+        ck.expect(st == ("granted", "PW"), "dlm-peer's PW on %s after recovery: %s" % (res, st))
+    ck.metric("new_masters", {res: master_of(after, res)[0] for res in names.values()}, "")
+
+
+def sc_s5b_lvb_writers_lost(c, ck):
+    """S5b: K1 masters r5 (NL); the only VALBLK holder left wrote v3 by PW->CR with VALBLK, the
+    other survivor holds NL without VALBLK. K1's VM is powered off: the new master takes v3 from
+    the CR holder (the highest lvbseq: the only candidate) and flags it VALNOTVALID (only NL/CR
+    VALBLK holders are left: recover_lvb in fs/dlm/recover.c); the writer's next VALBLK grant
+    (CR->PR) returns v3 with DLM_SBF_VALNOTVALID. Four names: the writer is K2 or dlm-peer, and
+    the directory node among the survivors (the likely new master) is K2 or dlm-peer."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v3 = lvb_hex("s5b-v3")
+    cases = []
+    for writer in (k2, pid):
+        for want in (pid, k2):
+            cases.append((writer, want, name_with_dir(c, "r5-%d-" % writer, [k2, pid], want)))
+    plk = {}
+    for writer, want, res in cases:
+        t = "t%s" % res.replace("-", "")
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (t, res), "m" + t, "NL on " + res)
+        if writer == k2:
+            kernel_cast(c, ck, k2, "lock w%s %s PW VALBLK" % (t, res), "w" + t, "PW|VALBLK on " + res)
+            ev = kernel_cast(c, ck, k2, "convert w%s CR VALBLK lvb=s5b-v3" % t, "w" + t, "PW->CR writing v3 on " + res)
+            ck.require(ev.get("status") == "OK", "node%d PW->CR on %s: %s" % (k2, res, ev["line"]))
+            a = peer_lock(c, ck, pid, res, "NL")
+            ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (res, a))
+        else:
+            a = peer_lock(c, ck, pid, res, "PW", flags=("VALBLK",))
+            ck.require(a.get("status") == "granted", "dlm-peer PW|VALBLK on %s: %s" % (res, a))
+            plk[res] = int(a["lkid"])
+            a = peerctl.convert(pid, LS, plk[res], "CR", flags=("VALBLK",), lvb_hex=v3)
+            ck.require(a.get("status") == "granted", "dlm-peer PW->CR writing v3 on %s: %s" % (res, a))
+            kernel_cast(c, ck, k2, "lock w%s %s NL" % (t, res), "w" + t, "NL on " + res)
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for _, _, res in cases:
+        check_master_lvb(ck, before, res, v3, False, "before")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    masters = {}
+    for writer, want, res in cases:
+        m = check_master_lvb(ck, after, res, v3, True, "after")
+        masters[res] = m
+        ck.note("%s: writer %d, directory node %d, new master %d: LVB v3, VALNOTVALID" % (res, writer, want, m))
+        t = "t%s" % res.replace("-", "")
+        if writer == k2:
+            ev = kernel_cast(c, ck, k2, "convert w%s PR VALBLK" % t, "w" + t, "CR->PR|VALBLK on " + res)
+            expect_read(ck, "node%d" % k2, "CR->PR|VALBLK on %s (new master %d)" % (res, m), ev.get("status") == "OK",
+                        ev.get("hex"), v3, bool(sbflags(ev) & VALNOTVALID), True)
+        else:
+            a = peerctl.convert(pid, LS, plk[res], "PR", flags=("VALBLK",))
+            expect_read(ck, "dlm-peer", "CR->PR|VALBLK on %s (new master %d): %s" % (res, m, a),
+                        a.get("status") == "granted", a.get("lvb"), v3, "VALNOTVALID" in peer_flags(a), True)
+    ck.metric("new_masters", masters, "")
+
+
+def sc_s6_lvb_invalidated(c, ck):
+    """S6: the master survives, a PW/EX VALBLK holder dies. On r3p dlm-peer is the master, on r3k
+    K2 (each locks NL first); K1 takes EX|VALBLK on both and writes v1 (EX->PW->EX with VALBLK).
+    K1's VM is powered off: the master purges K1's lock and flags the LVB VALNOTVALID (content
+    v1 kept). The next VALBLK grant (K2's PR on r3p, dlm-peer's PR on r3k) returns v1 with
+    DLM_SBF_VALNOTVALID; after a PW/EX holder writes v2 (PR->EX, EX->NL with VALBLK) the next
+    VALBLK grant returns v2 without the flag."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    v1, v2 = lvb_hex("s6-v1"), lvb_hex("s6-v2")
+    a = peer_lock(c, ck, pid, "r3p", "NL", flags=("VALBLK",))     # a lock has an LVB buffer only if made with VALBLK
+    ck.require(a.get("status") == "granted", "dlm-peer NL|VALBLK on r3p: %s" % a)
+    p_nl = int(a["lkid"])
+    kernel_cast(c, ck, k2, "lock m r3k NL", "m", "NL on r3k")
+    for res in ("r3p", "r3k"):
+        t = "x" + res
+        ev = kernel_cast(c, ck, k1, "lock %s %s EX VALBLK" % (t, res), t, "EX|VALBLK on " + res)
+        ck.require(ev.get("status") == "OK", "node%d EX|VALBLK on %s: %s" % (k1, res, ev["line"]))
+        kernel_cast(c, ck, k1, "convert %s PW VALBLK lvb=s6-v1" % t, t, "EX->PW writing v1 on " + res)
+        ev = kernel_cast(c, ck, k1, "convert %s EX VALBLK" % t, t, "PW->EX on " + res)
+        ck.require(ev.get("status") == "OK", "node%d PW->EX on %s: %s" % (k1, res, ev["line"]))
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    ck.require(master_of(before, "r3p")[0] == pid and master_of(before, "r3k")[0] == k2,
+               "masters before: r3p %s, r3k %s" % (master_of(before, "r3p")[0], master_of(before, "r3k")[0]))
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+    ck.expect(master_of(after, "r3p")[0] == pid and master_of(after, "r3k")[0] == k2,
+              "the masters should not change: r3p %s, r3k %s" % (master_of(after, "r3p")[0], master_of(after, "r3k")[0]))
+    for res in ("r3p", "r3k"):
+        check_master_lvb(ck, after, res, v1, True, "after")
+        m, r = master_of(after, res)
+        ck.expect(r is not None and not any(l.nodeid == k1 for l in r.locks), "%s: node%d's lock not purged" % (res, k1))
+    ck.expect("dlm_recover_purge 1 locks for 1 nodes" in c.dmesg(k2), "node%d: no purge of node%d's lock on r3k in dmesg" % (k2, k1))
+    # r3p (dlm-peer masters): the kernel reads, then writes, then dlm-peer reads
+    ev = kernel_cast(c, ck, k2, "lock r r3p PR VALBLK", "r", "PR|VALBLK on r3p")
+    expect_read(ck, "node%d" % k2, "PR|VALBLK on r3p (dlm-peer master)", ev.get("status") == "OK", ev.get("hex"), v1,
+                bool(sbflags(ev) & VALNOTVALID), True)
+    ev = kernel_cast(c, ck, k2, "convert r EX VALBLK", "r", "PR->EX|VALBLK on r3p")
+    ck.expect(ev.get("status") == "OK" and sbflags(ev) & VALNOTVALID, "node%d PR->EX|VALBLK on r3p: still VALNOTVALID "
+              "before anyone wrote: %s" % (k2, ev["line"]))
+    kernel_cast(c, ck, k2, "convert r NL VALBLK lvb=s6-v2", "r", "EX->NL writing v2 on r3p")
+    a = peerctl.convert(pid, LS, p_nl, "PR", flags=("VALBLK",))
+    expect_read(ck, "dlm-peer", "NL->PR|VALBLK on r3p after node%d wrote v2: %s" % (k2, a), a.get("status") == "granted",
+                a.get("lvb"), v2, "VALNOTVALID" in peer_flags(a), False)
+    # r3k (the kernel masters): dlm-peer reads, then writes, then the kernel reads
+    a = peer_lock(c, ck, pid, "r3k", "PR", flags=("VALBLK",))
+    expect_read(ck, "dlm-peer", "PR|VALBLK on r3k (node%d master): %s" % (k2, a), a.get("status") == "granted",
+                a.get("lvb"), v1, "VALNOTVALID" in peer_flags(a), True)
+    lk = int(a.get("lkid") or 0)
+    a = peerctl.convert(pid, LS, lk, "EX", flags=("VALBLK",))
+    ck.expect(a.get("status") == "granted" and "VALNOTVALID" in peer_flags(a),
+              "dlm-peer PR->EX|VALBLK on r3k: still VALNOTVALID before anyone wrote: %s" % a)
+    a = peerctl.convert(pid, LS, lk, "NL", flags=("VALBLK",), lvb_hex=v2)
+    ck.expect(a.get("status") == "granted", "dlm-peer EX->NL writing v2 on r3k: %s" % a)
+    ev = kernel_cast(c, ck, k2, "convert m PR VALBLK", "m", "NL->PR|VALBLK on r3k")
+    expect_read(ck, "node%d" % k2, "NL->PR|VALBLK on r3k after dlm-peer wrote v2", ev.get("status") == "OK", ev.get("hex"),
+                v2, bool(sbflags(ev) & VALNOTVALID), False)
+    end = all_dumps(c, [k2, pid], "end")
+    ck.expect(not dumpmod.check(end, [k2, pid]), "invariants at the end: %s" % dumpmod.check(end, [k2, pid]))
+    for res in ("r3p", "r3k"):
+        check_master_lvb(ck, end, res, v2, False, "end")
+
+
+# ------------------------------------------------------------------ S7: operations in flight to a dying master
+WAIT_TYPES = {1: "REQUEST", 2: "CONVERT", 3: "UNLOCK", 4: "CANCEL"}   # DLM_MSG_* as lkb_wait_type
+
+
+def freeze_node(c, nid):
+    """SIGSTOP the node's process (its QEMU, or dlm-peer): it keeps its connections and answers
+    nothing, so every operation sent to it stays in flight until it is killed (fail_node)."""
+    import signal as _signal
+    node = c.nodes[nid]
+    c.step("node%d frozen (SIGSTOP of pid %d)" % (nid, node.proc.pid))
+    os.kill(node.proc.pid, _signal.SIGSTOP)
+    node.frozen = True
+
+
+def in_background(fn, *args):
+    """Runs fn(*args) in a thread; returns a dict that gets "result" (or "error") when it ends."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args)
+        except Exception as e:   # noqa: BLE001 - reported by the scenario's checks
+            box["error"] = repr(e)
+    box["thread"] = threading.Thread(target=run, daemon=True)
+    box["thread"].start()
+    return box
+
+
+def kernel_waiters(c, k):
+    """The kernel's operations waiting for a reply (debugfs <ls>_waiters): [(lkid, type, node, res)]."""
+    out = []
+    for line in c.kernel(k).sh("cat /sys/kernel/debug/dlm/%s_waiters" % LS).splitlines():
+        w = line.split()
+        if len(w) >= 4 and re.fullmatch(r"[0-9a-f]+", w[0]):
+            out.append((int(w[0], 16), int(w[1]), int(w[2]), w[3]))
+    return out
+
+
+def sc_s7_kernel_master_dies(c, ck):
+    """S7, dlm-peer as the requester: K1 masters s7-req/-cvt/-unl/-can (it locks each NL first);
+    dlm-peer holds NL on s7-req and s7-cvt, PR on s7-unl; K2 holds EX on s7-can and dlm-peer's PR
+    waits behind it. K1's VM is frozen (SIGSTOP of its QEMU); dlm-peer then requests EX on s7-req,
+    converts NL->EX on s7-cvt, unlocks s7-unl and cancels its waiting PR on s7-can: all four wait
+    for K1 (dlm-peer's waiters list: REQUEST, CONVERT, UNLOCK, CANCEL to K1). K1 is killed and the
+    survivors recover without it: the request and the conversion are resent to the new master and
+    granted, the unlock completes (-DLM_EUNLOCK: "unlocked"), the cancel with -DLM_ECANCEL
+    ("cancelled"); the new masters hold exactly the surviving locks (dumps, invariants)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    names = ("s7-req", "s7-cvt", "s7-unl", "s7-can")
+    for n in names:
+        kernel_cast(c, ck, k1, "lock m%s %s NL" % (n[3:], n), "m" + n[3:], "NL on " + n)
+    held = {}
+    for n, mode in (("s7-req", "NL"), ("s7-cvt", "NL"), ("s7-unl", "PR")):
+        a = peer_lock(c, ck, pid, n, mode)
+        ck.require(a.get("status") == "granted", "dlm-peer %s on %s: %s" % (mode, n, a))
+        held[n] = int(a["lkid"])
+    ev = kernel_cast(c, ck, k2, "lock h s7-can EX", "h", "EX on s7-can")
+    ck.require(ev.get("status") == "OK", "node%d EX on s7-can: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "s7-can", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on s7-can should wait for node%d's EX: %s" % (k2, a))
+    can_lk = int(a["lkid"])
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for n in names:
+        ck.require(master_of(before, n)[0] == k1, "node%d should master %s: %s" % (k1, n, master_of(before, n)[0]))
+    freeze_node(c, k1)
+    ops = {
+        "REQUEST": in_background(peerctl.lock, pid, LS, "s7-req", "EX", (), None, True, 120.0),
+        "CONVERT": in_background(peerctl.convert, pid, LS, held["s7-cvt"], "EX", (), None, True, 120.0),
+        "UNLOCK": in_background(peerctl.unlock, pid, LS, held["s7-unl"], (), None, 120.0),
+        "CANCEL": in_background(peerctl.cancel, pid, LS, can_lk, 120.0),
+    }
+    end = time.time() + 10
+    waiting = {}
+    while time.time() < end:
+        doc = peerctl.locks_json(pid, LS)
+        waiting = {w.get("wait_type_name"): (w.get("nodeid"), w.get("resource")) for w in doc.get("waiters", [])}
+        if len(waiting) >= 4:
+            break
+        time.sleep(0.2)
+    c.trace("dlm-peer waiters with node%d frozen: %s" % (k1, waiting))
+    for op, n in (("REQUEST", "s7-req"), ("CONVERT", "s7-cvt"), ("UNLOCK", "s7-unl"), ("CANCEL", "s7-can")):
+        ck.expect(waiting.get(op) == (k1, n), "dlm-peer should wait for node%d's reply to its %s on %s: waiters %s"
+                  % (k1, op, n, waiting))
+    time.sleep(1.0)
+    ck.expect(not any("result" in b or "error" in b for b in ops.values()),
+              "an operation completed while its master was frozen: %s" % {k: b.get("result") for k, b in ops.items()})
+    ck.metric("peer_waiters_in_flight", len(waiting), "")
+    rec, _ = fail_node(c, ck, k1)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    for b in ops.values():
+        b["thread"].join(30)
+    res = {k: b.get("result") or {"error": b.get("error", "still waiting")} for k, b in ops.items()}
+    c.trace("results: %s" % json.dumps(res)[:1500])
+    ck.expect(res["REQUEST"].get("status") == "granted" and res["REQUEST"].get("mode") == "EX",
+              "the in-flight REQUEST should be resent to the new master and granted: %s" % res["REQUEST"])
+    ck.expect(res["CONVERT"].get("status") == "granted" and res["CONVERT"].get("mode") == "EX",
+              "the in-flight NL->EX CONVERT should be resent and granted: %s" % res["CONVERT"])
+    ck.expect(res["UNLOCK"].get("status") == "unlocked", "the in-flight UNLOCK should complete (-DLM_EUNLOCK): %s" % res["UNLOCK"])
+    ck.expect(res["CANCEL"].get("status") == "cancelled", "the in-flight CANCEL should complete (-DLM_ECANCEL): %s" % res["CANCEL"])
+    ck.note("results after node%d died: %s" % (k1, {k: (v.get("status"), v.get("mode"), v.get("result")) for k, v in res.items()}))
+    time.sleep(0.5)
+    after = all_dumps(c, [k2, pid], "after")
+    ck.expect(not dumpmod.check(after, [k2, pid]), "invariants after: %s" % dumpmod.check(after, [k2, pid]))
+
+    def peer_locks_on(n):
+        return sorted((l.grmode, l.queue) for l in after[pid].get(n, dumpmod.Resource(n, None)).locks if l.nodeid is None)
+    ck.expect(peer_locks_on("s7-req") == [("EX", "granted"), ("NL", "granted")], "dlm-peer's locks on s7-req: %s" % peer_locks_on("s7-req"))
+    ck.expect(peer_locks_on("s7-cvt") == [("EX", "granted")], "dlm-peer's locks on s7-cvt: %s" % peer_locks_on("s7-cvt"))
+    ck.expect(peer_locks_on("s7-unl") == [], "dlm-peer's locks on s7-unl after the unlock: %s" % peer_locks_on("s7-unl"))
+    ck.expect(peer_locks_on("s7-can") == [], "dlm-peer's locks on s7-can after the cancel: %s" % peer_locks_on("s7-can"))
+    m, r = master_of(after, "s7-can")
+    ck.expect(r is not None and [(l.grmode, l.queue) for l in r.locks] == [("EX", "granted")],
+              "s7-can's new master (node %s) should hold only node%d's EX: %s" % (m, k2, r))
+    doc = peerctl.locks_json(pid, LS)
+    ck.expect(not doc.get("waiters"), "dlm-peer still waits for replies: %s" % doc.get("waiters"))
+    ck.metric("new_masters", {n: master_of(after, n)[0] for n in names}, "")
+
+
+def sc_s7_peer_master_dies(c, ck):
+    """S7, a kernel as the requester: dlm-peer masters s7-req/-cvt/-unl/-can (it locks each NL
+    first); K1 holds NL on s7-req and s7-cvt, PR on s7-unl; K2 holds EX on s7-can and K1's PR waits
+    behind it. dlm-peer is frozen (SIGSTOP); K1 then requests EX on s7-req, converts NL->EX on
+    s7-cvt, unlocks s7-unl and cancels its waiting PR: all four wait for dlm-peer (K1's debugfs
+    waiters: types 1-4 to dlm-peer). dlm-peer is killed (SIGKILL) and the kernels recover without
+    it: K1's request and conversion are resent to the new master and granted, the unlock
+    completes with -DLM_EUNLOCK, the cancel with -DLM_ECANCEL."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    names = ("s7-req", "s7-cvt", "s7-unl", "s7-can")
+    for n in names:
+        a = peer_lock(c, ck, pid, n, "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (n, a))
+    kernel_cast(c, ck, k1, "lock a s7-req NL", "a", "NL on s7-req")
+    kernel_cast(c, ck, k1, "lock c s7-cvt NL", "c", "NL on s7-cvt")
+    kernel_cast(c, ck, k1, "lock u s7-unl PR", "u", "PR on s7-unl")
+    kernel_cast(c, ck, k2, "lock h s7-can EX", "h", "EX on s7-can")
+    c.agent(k1, LS, "lock q s7-can PR", wait="REQ q ")
+    c.agent_wait(k2, LS, "BAST h ", timeout=10)
+    before = all_dumps(c, [k1, k2, pid], "before")
+    ck.expect(not dumpmod.check(before, [k1, k2, pid]), "invariants before: %s" % dumpmod.check(before, [k1, k2, pid]))
+    for n in names:
+        ck.require(master_of(before, n)[0] == pid, "dlm-peer should master %s: %s" % (n, master_of(before, n)[0]))
+    freeze_node(c, pid)
+    c.agent(k1, LS, "lock b s7-req EX", wait="REQ b ")
+    c.agent(k1, LS, "convert c EX", wait="CONV c ")
+    c.agent(k1, LS, "unlock u", wait="UNLK u ")
+    c.agent(k1, LS, "cancel q", wait="CANC q ")
+    time.sleep(1.0)
+    w = kernel_waiters(c, k1)
+    ck.note("node%d waiters with dlm-peer frozen: %s" % (k1, [(hex(l), WAIT_TYPES.get(t, t), n, r) for l, t, n, r in w]))
+    have = {(WAIT_TYPES.get(t), r) for _, t, n, r in w if n == pid}
+    for op, n in (("REQUEST", "s7-req"), ("CONVERT", "s7-cvt"), ("UNLOCK", "s7-unl"), ("CANCEL", "s7-can")):
+        ck.expect((op, n) in have, "node%d should wait for dlm-peer's reply to its %s on %s: waiters %s" % (k1, op, n, w))
+    log = c.agent_log(k1, LS)
+    for t in ("b", "c", "u", "q"):
+        ck.expect(len(re.findall(r"CAST %s " % t, log)) == (1 if t in ("c", "u") else 0),
+                  "node%d: lock %s completed while its master was frozen:\n%s" % (k1, t, log[-800:]))
+    rec, _ = fail_node(c, ck, pid)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    ev = c.agent_wait(k1, LS, "CAST b ", timeout=20)
+    ck.expect(ev.get("status") == "OK", "node%d's in-flight REQUEST should be resent and granted: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST c ", count=2, timeout=20)
+    ck.expect(ev.get("status") == "OK", "node%d's in-flight NL->EX should be resent and granted: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST u ", count=2, timeout=20)
+    ck.expect(ev.get("status") == "EUNLOCK", "node%d's in-flight UNLOCK should complete -DLM_EUNLOCK: %s" % (k1, ev["line"]))
+    ev = c.agent_wait(k1, LS, "CAST q ", timeout=20)
+    ck.expect(ev.get("status") == "ECANCEL", "node%d's in-flight CANCEL should complete -DLM_ECANCEL: %s" % (k1, ev["line"]))
+    ck.expect(kernel_waiters(c, k1) == [], "node%d still waits for replies: %s" % (k1, kernel_waiters(c, k1)))
+    after = all_dumps(c, [k1, k2], "after")
+    ck.expect(not dumpmod.check(after, [k1, k2]), "invariants after: %s" % dumpmod.check(after, [k1, k2]))
+
+    def modes(n):
+        m, r = master_of(after, n)
+        return sorted((l.grmode, l.queue, l.nodeid or m) for l in r.locks) if r else None
+    ck.expect(modes("s7-req") == sorted([("EX", "granted", k1), ("NL", "granted", k1)]), "s7-req on its new master: %s" % modes("s7-req"))
+    ck.expect(modes("s7-cvt") == [("EX", "granted", k1)], "s7-cvt on its new master: %s" % modes("s7-cvt"))
+    ck.expect(not modes("s7-unl"), "s7-unl should have no lock left: %s" % modes("s7-unl"))
+    ck.expect(modes("s7-can") == [("EX", "granted", k2)], "s7-can on its new master: %s" % modes("s7-can"))
+    ck.metric("new_masters", {n: master_of(after, n)[0] for n in names}, "")
+
+
+# ------------------------------------------------------------------ S8, S10, S14, S16: membership and control
+def node_running(c, nid, members):
+    """True once node `nid` runs `members` after its last recovery: a kernel whose last
+    `dlm_recover` line in dmesg is a finished one, a dlm-peer whose status says running."""
+    if isinstance(c.nodes[nid], cfgmod_peer_class()):
+        ls = next((l for l in peer_status(nid).get("lockspaces", []) if l.get("name") == LS), {})
+        return ls.get("phase") == "running" and ls.get("members") == sorted(members)
+    lines = [l for l in c.dmesg(nid).splitlines() if re.search(r"dlm: %s: dlm_recover \d+" % LS, l)]
+    return bool(lines) and re.search(r"generation \d+ done", lines[-1]) is not None
+
+
+def wait_running(c, nodes, members, timeout):
+    """The nodes among `nodes` that do not run `members` after `timeout` seconds."""
+    end = time.time() + timeout
+    pending = list(nodes)
+    while pending and time.time() < end:
+        pending = [i for i in pending if not node_running(c, i, members)]
+        if pending:
+            time.sleep(0.3)
+    return pending
+
+
+def peer_generation(pid):
+    ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+    return ls.get("generation"), ls.get("completed_recoveries")
+
+
+def cross_lock(c, ck, holder, other, res, label):
+    """The lockspace works between `holder` and `other` (each a kernel or dlm-peer): holder takes
+    EX on res, the other's NOQUEUE PR fails with EAGAIN, holder releases."""
+    def lock(n, tag, mode, flags=()):
+        if isinstance(c.nodes[n], cfgmod_peer_class()):
+            a = peer_lock(c, ck, n, res, mode, flags=flags)
+            return ("granted" if a.get("status") == "granted" else a.get("status")), a.get("lkid")
+        ev = kernel_cast(c, ck, n, "lock %s %s %s %s" % (tag, res, mode, " ".join(flags)), tag, "%s on %s" % (mode, res))
+        return ("granted" if ev.get("status") == "OK" else ev.get("status")), tag
+    st, h = lock(holder, "xh", "EX")
+    ck.expect(st == "granted", "%s: node%d EX on %s: %s" % (label, holder, res, st))
+    st, _ = lock(other, "xo", "PR", ("NOQUEUE",))
+    ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s next to node%d's EX: %s" % (label, other, res, holder, st))
+    if isinstance(c.nodes[holder], cfgmod_peer_class()):
+        peerctl.unlock(holder, LS, int(h))
+    else:
+        c.agent(holder, LS, "unlock xh", wait="CAST xh ")
+
+
+def sc_s8_change_during_recovery(c, ck):
+    """S8: K1's VM is powered off while K2 holds EX on r8 (mastered by K1) and dlm-peer waits PR on
+    it. The cluster manager first restarts the survivors with the old member list (K1 still in it):
+    their recovery cannot finish (K1 never answers RCOM_STATUS). It then stops them again (the
+    recovery is interrupted: kernel dmesg `dlm_recover N error -4` / `interrupted`, dlm-peer's log
+    likewise), changes the list to the survivors and starts them: that recovery completes, K2's EX
+    and dlm-peer's waiting PR are rebuilt on one new master (invariants: no duplicated master
+    copies), and dlm-peer's PR is granted after K2's unlock."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    kernel_cast(c, ck, k1, "lock m r8 NL", "m", "NL on r8")
+    ev = kernel_cast(c, ck, k2, "lock h r8 EX", "h", "EX on r8")
+    ck.require(ev.get("status") == "OK", "node%d EX on r8: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "r8", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on r8 should wait: %s" % a)
+    plk = int(a["lkid"])
+    everyone, survivors = sorted([k1, k2, pid]), sorted([k2, pid])
+    c.step("node%d powered off; the survivors are restarted with the OLD member list %s" % (k1, everyone))
+    c.kernel(k1).stop()
+    before = recovery_counts(c, survivors)
+    gen0 = peer_generation(pid)
+    for i in survivors:
+        node_stop(c, i)
+    for i in survivors:
+        node_start(c, i, everyone)
+    time.sleep(6)       # longer than recover_timer (5 s): the RCOM_STATUS to K1 was resent at least once
+    ck.expect(recoveries_done(c, k2) == before[k2], "node%d finished a recovery with dead node%d in the list" % (k2, k1))
+    ck.expect(peer_generation(pid) == gen0, "dlm-peer finished a recovery with dead node%d in the list: %s" % (k1, peer_generation(pid)))
+    ck.expect(re.search(r"dlm: %s: dlm_recover \d+\s*$" % LS, c.dmesg(k2), re.M) is not None, "node%d: no recovery started" % k2)
+    c.step("stop the survivors during that recovery, change the list to %s, start" % survivors)
+    t0 = time.time()
+    for i in survivors:
+        node_stop(c, i)
+    ck.metric("stop_during_recovery", round(time.time() - t0, 3))
+    d = c.dmesg(k2)
+    ck.expect(re.search(r"dlm_recover \d+ error -4|interrupted", d) is not None,
+              "node%d: the first recovery should end interrupted (-EINTR):\n%s" % (k2, "\n".join(d.splitlines()[-12:])))
+    ck.expect(wait_file(c.nodes[pid].log, "interrupted", 5), "dlm-peer: the first recovery should end interrupted:\n%s" % tail(c.nodes[pid].log))
+    for i in survivors:
+        node_start(c, i, survivors)
+    rec = wait_started(c, ck, survivors, before, 60, "after the second start")
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    c.members[LS] = set(survivors)
+    c.kernel(k2).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % k1)
+    after = all_dumps(c, survivors, "after")
+    ck.expect(not dumpmod.check(after, survivors), "invariants after: %s" % dumpmod.check(after, survivors))
+    m, r = master_of(after, "r8")
+    ck.require(r is not None, "no master of r8 after recovery")
+    ck.expect(sorted((l.grmode, l.queue) for l in r.locks) == [("--", "waiting"), ("EX", "granted")],
+              "r8 on its new master node%d: %s" % (m, r.locks))
+    ck.note("r8 remastered on node %d: %s" % (m, [(l.grmode, l.rqmode, l.queue, l.nodeid) for l in r.locks]))
+    c.agent(k2, LS, "unlock h", wait="CAST h ")
+    st = wait_peer_lock(c, pid, plk, ("granted", "PR"))
+    ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r8 after node%d's unlock: %s" % (k2, st))
+
+
+def sc_s16_control_noops(c, ck):
+    """S16 on a kernel (sysfs control) and on dlm-peer (ls-stop/ls-start control lines): a start
+    while running is refused (kernel: dmesg `start ignored: lockspace running`, no recovery;
+    dlm-peer: an error answer, same generation); stopping a stopped lockspace and starting twice
+    are harmless: after stop, stop, start, start on every member all run the same members, K2's EX
+    and dlm-peer's waiting PR are intact (invariants), and locking still works."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    everyone = sorted([k1, k2, pid])
+    ev = kernel_cast(c, ck, k2, "lock h r16 EX", "h", "EX on r16")
+    ck.require(ev.get("status") == "OK", "node%d EX on r16: %s" % (k2, ev["line"]))
+    a = peer_lock(c, ck, pid, "r16", "PR", wait=False)
+    ck.require(a.get("status") == "queued", "dlm-peer's PR on r16 should wait: %s" % a)
+    plk = int(a["lkid"])
+    # start while running
+    n0, gen0 = recoveries_done(c, k1), peer_generation(pid)
+    c.kernel(k1).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    ans = peerctl.ls_start(pid, LS, [(i, c.cfg.node(i).weight) for i in everyone])
+    c.trace("dlm-peer ls-start while running -> %s" % ans)
+    time.sleep(1.0)
+    ck.expect("start ignored: lockspace running" in c.dmesg(k1), "node%d: no 'start ignored: lockspace running'" % k1)
+    ck.expect(recoveries_done(c, k1) == n0 and sysfs(c, k1, "recover_status") == ("ff" if k1 == min(everyone) else "55"),
+              "node%d ran a recovery after a start while running (recover_status %s)" % (k1, sysfs(c, k1, "recover_status")))
+    ck.expect("start ignored: lockspace running" in str(ans.get("error", "")), "dlm-peer ls-start while running: %s" % ans)
+    ck.expect(peer_generation(pid) == gen0, "dlm-peer's generation changed: %s -> %s" % (gen0, peer_generation(pid)))
+    cross_lock(c, ck, k1, pid, "r16a", "after a start while running")
+    # stop, stop again, start, start again
+    before = recovery_counts(c, everyone)
+    for i in everyone:
+        node_stop(c, i)
+    for i in everyone:
+        node_stop(c, i)
+    ck.expect(sysfs(c, k1, "recover_status") == "0", "node%d after two stops: recover_status %s" % (k1, sysfs(c, k1, "recover_status")))
+    ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+    ck.expect(ls.get("phase") != "running", "dlm-peer after two ls-stop: %s" % ls)
+    for i in everyone:
+        node_start(c, i, everyone)
+    for k in (k1, k2):
+        c.kernel(k).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 30)
+    seconds = {}
+    for i in everyone:
+        if i == pid:
+            ans = peerctl.ls_start(pid, LS, [(n, c.cfg.node(n).weight) for n in everyone])
+            seconds[i] = ans
+        else:
+            c.kernel(i).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    c.trace("dlm-peer's second ls-start -> %s" % seconds.get(pid))
+    stuck = wait_running(c, everyone, everyone, 20)
+    if stuck and all(c.cfg.node(k).kernel == "6.1" for k in kernels):
+        ck.require(False, "nodes %s not running with %s after stop, stop, start, start" % (stuck, everyone))
+    elif stuck:
+        # Newer kernels (6.6+) send a recovery's RCOM requests with that recovery's seq and drop
+        # replies whose seq is not the current ls_recover_seq: a second start during a recovery
+        # bumps it, so the running recovery never gets a reply again until the next stop. The
+        # cluster manager's stop + start recovers; 6.1 (current seq at send time) does not wedge.
+        ck.note("after the double start nodes %s did not finish (%s: stale-seq replies dropped); stop + start"
+                % (stuck, "+".join(sorted({c.cfg.node(k).kernel for k in kernels}))))
+        restart_members(c, ck, everyone, 60, "after the stop + start that follows the double start")
+    stuck = wait_running(c, everyone, everyone, 30)
+    ck.require(not stuck, "nodes %s not running with %s after stop, stop, start, start" % (stuck, everyone))
+    for k in (k1, k2):
+        d = "\n".join(l for l in c.dmesg(k).splitlines() if "dlm: %s:" % LS in l)
+        ck.note("node%d after the second start: %s" % (k, "; ".join(
+            x for x in ("start ignored" if d.count("start ignored") > (1 if k == k1 else 0) else "",
+                        "unused recovery" if "unused recovery" in d else "",
+                        "interrupted" if re.search(r"error -4|interrupted", d) else "") if x) or "accepted, one recovery"))
+    ck.note("dlm-peer's second ls-start: %s" % (seconds.get(pid, {}).get("result") or seconds.get(pid, {}).get("error")))
+    after = all_dumps(c, everyone, "after")
+    ck.expect(not dumpmod.check(after, everyone), "invariants after: %s" % dumpmod.check(after, everyone))
+    m, r = master_of(after, "r16")
+    ck.expect(r is not None and sorted((l.grmode, l.queue) for l in r.locks) == [("--", "waiting"), ("EX", "granted")],
+              "r16 on its master: %s" % (r.locks if r else None))
+    ck.expect(peer_lock_state(c, pid, plk) == ("waiting", "--"), "dlm-peer's PR on r16 should still wait: %s"
+              % (peer_lock_state(c, pid, plk),))
+    cross_lock(c, ck, pid, k1, "r16b", "after stop, stop, start, start")
+    c.agent(k2, LS, "unlock h", wait="CAST h ")
+    st = wait_peer_lock(c, pid, plk, ("granted", "PR"))
+    ck.expect(st == ("granted", "PR"), "dlm-peer's PR on r16 after node%d's unlock: %s" % (k2, st))
+
+
+def add_comms(c, k, nid):
+    """The cluster manager gives kernel `k` a comms entry for node `nid` again (after it was
+    removed for a failure): a new midcomms node state (renew)."""
+    n = c.cfg.node(nid)
+    d = "/sys/kernel/config/dlm/cluster/comms/%d" % nid
+    c.kernel(k).sh("mkdir %s && echo %d > %s/nodeid && dlmlc sockaddr %s/addr %s" % (d, nid, d, d, n.address))
+
+
+def sc_s10_peer_rejoins(c, ck):
+    """S10: dlm-peer holds EX on r10k (mastered by K1) and masters r10p where K2 holds PR; it is
+    killed (SIGKILL). The kernels recover without it (K1 purges its EX: dmesg) and the cluster
+    manager drops its comms entry. A new dlm-peer process then rejoins: the kernels get a comms
+    entry again (a fresh midcomms state), are stopped, the new incarnation starts and joins, the
+    kernels are given the three members (configfs node 3 is new: renew) and started. The join
+    completes with no `seq mismatch` anywhere (kernel dmesg, dlm-peer's drop counters), nothing of
+    the old incarnation is left (dumps), and the new one locks: its EX on r10k is granted, its
+    NOQUEUE EX on r10p (K2 holds PR) fails with EAGAIN."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    peer = c.nodes[pid]
+    kernel_cast(c, ck, k1, "lock m r10k NL", "m", "NL on r10k")
+    a = peer_lock(c, ck, pid, "r10k", "EX")
+    ck.require(a.get("status") == "granted", "dlm-peer EX on r10k: %s" % a)
+    a = peer_lock(c, ck, pid, "r10p", "NL")
+    ck.require(a.get("status") == "granted", "dlm-peer NL on r10p: %s" % a)
+    ev = kernel_cast(c, ck, k2, "lock p r10p PR", "p", "PR on r10p")
+    ck.require(ev.get("status") == "OK", "node%d PR on r10p: %s" % (k2, ev["line"]))
+    rec, _ = fail_node(c, ck, pid)
+    ck.metric("recovery_ms_max", max(v for v in rec.values() if v is not None), "ms")
+    ck.expect("dlm_recover_purge 1 locks for 1 nodes" in c.dmesg(k1), "node%d: no purge of dlm-peer's EX in dmesg" % k1)
+    gone = all_dumps(c, kernels, "after-crash")
+    ck.expect(not dumpmod.check(gone, kernels), "invariants after the crash: %s" % dumpmod.check(gone, kernels))
+    left = [(n, l.lkid) for d in gone.values() for n, r in d.items() for l in r.locks if l.nodeid == pid]
+    ck.expect(not left, "locks of the old dlm-peer left: %s" % left)
+    os.replace(peer.log, peer.log + ".1")
+    everyone = sorted(kernels + [pid])
+    c.step("dlm-peer node%d rejoins: comms again, kernels stop, a new dlm-peer starts, kernels get %s and start" % (pid, everyone))
+    for k in kernels:
+        add_comms(c, k, pid)
+    before = recovery_counts(c, kernels)
+    for k in kernels:
+        node_stop(c, k)
+    peer.start()
+    peer.wait_ready()
+    for k in kernels:
+        node_start(c, k, everyone)
+    ck.require(wait_file(peer.log, "joined %s" % LS, 60), "the new dlm-peer did not join:\n%s" % tail(peer.log))
+    wait_started(c, ck, kernels, before, 30, "after dlm-peer rejoined")
+    c.members[LS] = set(everyone)
+    for k in kernels:
+        d = c.dmesg(k)
+        ck.expect("seq mismatch" not in d, "node%d dmesg: seq mismatch after the rejoin:\n%s" % (k, "\n".join(
+            l for l in d.splitlines() if "seq mismatch" in l)[:1000]))
+        ck.expect(d.count("add member %d" % pid) >= 2, "node%d dmesg: no second 'add member %d'" % (k, pid))
+        v = c.kernel(k).sh("cat /sys/kernel/debug/dlm/comms/%d/version 2>/dev/null || true" % pid).strip()
+        ck.expect(v == "0x00030002", "node%d: comms/%d/version %r after the rejoin" % (k, pid, v))
+    st = peer_status(pid)
+    drops = {p["node"]: p.get("drops") for p in st.get("peers", [])}
+    ck.note("new dlm-peer's drop counters: %s" % drops)
+    ck.expect(not any("seq" in k for d in drops.values() for k in (d or {})), "the new dlm-peer dropped messages: %s" % drops)
+    ck.expect("seq mismatch" not in open(peer.log).read(), "the new dlm-peer logged a seq mismatch:\n%s" % tail(peer.log))
+    a = peer_lock(c, ck, pid, "r10k", "EX", flags=("NOQUEUE",))
+    ck.expect(a.get("status") == "granted", "the new dlm-peer's EX on r10k (the old one's was purged): %s" % a)
+    a2 = peer_lock(c, ck, pid, "r10p", "EX", flags=("NOQUEUE",))
+    ck.expect(a2.get("status") == "EAGAIN", "the new dlm-peer's NOQUEUE EX on r10p next to node%d's PR: %s" % (k2, a2))
+    ev = kernel_cast(c, ck, k2, "lock q r10k PR NOQUEUE", "q", "NOQUEUE PR on r10k")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d NOQUEUE PR next to the new dlm-peer's EX: %s" % (k2, ev["line"]))
+    end = all_dumps(c, everyone, "end")
+    ck.expect(not dumpmod.check(end, everyone), "invariants at the end: %s" % dumpmod.check(end, everyone))
+
+
+def sc_s14_requestqueue(c, ck):
+    """S14: dlm-peer masters r14 and r14b (it locks NL on each first); K1 holds PR on r14 and NL on
+    r14b. dlm-peer is stopped (the first half of the barrier); K1, still running, then sends a
+    CONVERT PR->EX on r14 and a newer REQUEST EX on r14b to it: dlm-peer queues both (its
+    requestqueue) and answers nothing while stopped. After every member is stopped and started
+    with the same members, dlm-peer processes the saved messages in order: the conversion is
+    granted before the request (K1's completions, in order), both after the recovery."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    everyone = sorted(kernels + [pid])
+    for n in ("r14", "r14b"):
+        a = peer_lock(c, ck, pid, n, "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s: %s" % (n, a))
+    kernel_cast(c, ck, k1, "lock c r14 PR", "c", "PR on r14")
+    kernel_cast(c, ck, k1, "lock a r14b NL", "a", "NL on r14b")
+    before = recovery_counts(c, everyone)
+    c.step("dlm-peer is stopped; node%d (running) sends it a CONVERT and a REQUEST" % k1)
+    node_stop(c, pid)
+    c.agent(k1, LS, "convert c EX", wait="CONV c ")
+    c.agent(k1, LS, "lock x r14b EX", wait="REQ x ")
+    time.sleep(1.5)
+    log = c.agent_log(k1, LS)
+    ck.expect(log.count("CAST c ") == 1 and "CAST x " not in log,
+              "node%d got an answer from the stopped dlm-peer:\n%s" % (k1, log[-600:]))
+    w = kernel_waiters(c, k1)
+    ck.expect({(WAIT_TYPES.get(t), r) for _, t, n, r in w if n == pid} == {("CONVERT", "r14"), ("REQUEST", "r14b")},
+              "node%d should wait for dlm-peer's replies to its CONVERT and REQUEST: %s" % (k1, w))
+    for k in kernels:
+        node_stop(c, k)
+    for i in everyone:
+        node_start(c, i, everyone)
+    wait_started(c, ck, everyone, before, 60, "after the restart with the same members")
+    cv = c.agent_wait(k1, LS, "CAST c ", count=2, timeout=20)
+    rq = c.agent_wait(k1, LS, "CAST x ", timeout=20)
+    ck.expect(cv.get("status") == "OK" and rq.get("status") == "OK",
+              "node%d's queued CONVERT and REQUEST should be granted after recovery: %s / %s" % (k1, cv["line"], rq["line"]))
+    ck.expect(cv.get("t", 0) <= rq.get("t", -1), "the CONVERT (sent first) should complete before the REQUEST: %s / %s"
+              % (cv["line"], rq["line"]))
+    ck.metric("convert_before_request_s", round(rq.get("t", 0) - cv.get("t", 0), 4))
+    recs = read_capture(c)
+    d1, dp = "%d->%d" % (k1, pid), "%d->%d" % (pid, k1)
+    sent = [r for r in recs if r["dir"] == d1 and r["type"] in ("CONVERT", "REQUEST")]
+    replies = [r for r in recs if r["dir"] == dp and r["type"] in ("CONVERT_REPLY", "REQUEST_REPLY", "GRANT")]
+    c.trace("capture %s: %s; %s: %s" % (d1, [(r["t"], r["type"]) for r in sent][-4:], dp, [(r["t"], r["type"]) for r in replies][-4:]))
+    ck.note("last messages %s: %s; replies: %s" % (d1, [r["type"] for r in sent][-2:], [r["type"] for r in replies][-2:]))
+    ck.expect([r["type"] for r in replies][-2:] == ["CONVERT_REPLY", "REQUEST_REPLY"],
+              "dlm-peer's replies after recovery should be CONVERT_REPLY then REQUEST_REPLY: %s" % [r["type"] for r in replies][-4:])
+    end = all_dumps(c, everyone, "end")
+    ck.expect(not dumpmod.check(end, everyone), "invariants at the end: %s" % dumpmod.check(end, everyone))
+
+
+# ------------------------------------------------------------------ two kernels and two dlm-peers
+class Locker:
+    """One node's locks by tag, the same calls for a kernel (its lock client) and a dlm-peer
+    (its control socket)."""
+
+    def __init__(self, c, ck, nid):
+        self.c, self.ck, self.id = c, ck, nid
+        self.peer = isinstance(c.nodes[nid], cfgmod_peer_class())
+        self.lkids = {}         # tag -> dlm-peer lkid
+        self.casts = {}         # tag -> completions seen (kernel)
+
+    def lock(self, tag, res, mode, flags=(), block=True):
+        """'granted', 'queued' or the failure status (EAGAIN, ...)."""
+        if self.peer:
+            a = peer_lock(self.c, self.ck, self.id, res, mode, flags=flags, wait=block)
+            if a.get("lkid") is not None:
+                self.lkids[tag] = int(a["lkid"])
+            return a.get("status")
+        cmd = "lock %s %s %s %s" % (tag, res, mode, " ".join(flags))
+        if not block:
+            self.c.agent(self.id, LS, cmd, wait="REQ %s " % tag)
+            time.sleep(0.3)
+            return "granted" if self.completed(tag) else "queued"
+        ev = self.c.agent(self.id, LS, cmd, wait="CAST %s " % tag)
+        if ev.get("status") != "OK":
+            return ev.get("status")
+        self.casts[tag] = self.casts.get(tag, 0) + 1
+        return "granted"
+
+    def completed(self, tag):
+        """True once a queued lock is granted (then counted as such)."""
+        if self.peer:
+            return (peer_lock_state(self.c, self.id, self.lkids[tag]) or ("",))[0] == "granted"
+        n = len(re.findall(r" CAST %s .*status=OK" % re.escape(tag), self.c.agent_log(self.id, LS)))
+        if n > self.casts.get(tag, 0):
+            self.casts[tag] = n
+            return True
+        return False
+
+    def unlock(self, tag):
+        if self.peer:
+            return peerctl.unlock(self.id, LS, self.lkids.pop(tag)).get("status")
+        ev = self.c.agent(self.id, LS, "unlock %s" % tag, wait="CAST %s " % tag)
+        self.casts.pop(tag, None)
+        return "unlocked" if ev.get("status") == "EUNLOCK" else ev.get("status")
+
+
+def pairwise_locking(c, ck, nodes, label):
+    """For every ordered pair (a, b) of `nodes`: a locks EX first on its own name (a masters it);
+    b's NOQUEUE PR fails with EAGAIN, b's PR queues, a's unlock grants it. Returns the pairs done."""
+    lk = {n: Locker(c, ck, n) for n in nodes}
+    done = 0
+    for a in nodes:
+        for b in nodes:
+            if a == b:
+                continue
+            res, ta, tb = "%s-%d-%d" % (label, a, b), "a%d%d" % (a, b), "b%d%d" % (a, b)
+            ck.expect(lk[a].lock(ta, res, "EX") == "granted", "%s: node%d EX on %s" % (label, a, res))
+            st = lk[b].lock(tb + "n", res, "PR", ("NOQUEUE",))
+            ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s (node%d holds EX): %s" % (label, b, res, a, st))
+            st = lk[b].lock(tb, res, "PR", block=False)
+            ck.expect(st == "queued", "%s: node%d PR on %s should wait for node%d's EX: %s" % (label, b, res, a, st))
+            lk[a].unlock(ta)
+            end = time.time() + 10
+            granted = False
+            while not granted and time.time() < end:
+                granted = lk[b].completed(tb)
+                time.sleep(0 if granted else 0.2)
+            ck.expect(granted, "%s: node%d's PR on %s not granted after node%d's unlock" % (label, b, res, a))
+            lk[b].unlock(tb)
+            done += 1
+    return done
+
+
+def sc_two_kernels_two_peers(c, ck, rounds=10):
+    """Two kernels and two dlm-peers form `alpha` (slots and generation agreed by all four);
+    every node locks against every other on a name each one masters (12 ordered pairs: EX
+    blocks, NOQUEUE fails, the queued PR is granted after the unlock); the random workload
+    runs on all four with the invariants checked from every node's dumps after each round; then
+    a kernel holding locks is powered off and the three survivors recover (invariants, its locks
+    purged, the dlm-peers lock against each other and the kernel)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    peers = sorted(p.id for p in c.peers)
+    ck.require(len(kernels) == 2 and len(peers) == 2, "needs two kernels and two dlm-peers")
+    everyone = sorted(kernels + peers)
+    t = c.join(LS)
+    ck.metric("join", round(max(t.values()), 3))
+    for pid in peers:
+        ck.require(wait_file(c.nodes[pid].log, "joined %s" % LS, 30), "dlm-peer node%d did not join:\n%s" % (pid, tail(c.nodes[pid].log)))
+    gens = set()
+    for pid in peers:
+        ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+        ck.expect(ls.get("members") == everyone and ls.get("phase") == "running", "dlm-peer node%d status: %s" % (pid, ls))
+        gens.add(ls.get("generation"))
+    for k in kernels:
+        m = re.findall(r"dlm: %s: generation (\d+) slots (\d+)" % LS, c.dmesg(k))
+        ck.expect(m and m[-1][1] == "4", "node%d: no 4-slot generation in dmesg: %s" % (k, m))
+        if m:
+            gens.add(int(m[-1][0]))
+    ck.expect(len(gens) == 1, "the four nodes disagree on the generation: %s" % gens)
+    for k in kernels:
+        c.agent_start(k, LS)
+    ck.metric("pairs_locked", pairwise_locking(c, ck, everyone, "x"), "")
+    random_rounds(c, ck, rounds)
+    # a kernel fails while holding an EX (mastered by a dlm-peer) and mastering a resource a dlm-peer holds
+    dead, k2 = kernels
+    p3, p4 = peers
+    c.agent_start(dead, LS)
+    c.agent_start(k2, LS)
+    ck.require(Locker(c, ck, p3).lock("m", "f-1", "NL") == "granted", "dlm-peer node%d NL on f-1" % p3)
+    ck.require(Locker(c, ck, dead).lock("h", "f-1", "EX") == "granted", "node%d EX on f-1" % dead)
+    ck.require(Locker(c, ck, dead).lock("k", "f-2", "NL") == "granted", "node%d NL on f-2" % dead)
+    ck.require(Locker(c, ck, p4).lock("p", "f-2", "PR") == "granted", "dlm-peer node%d PR on f-2" % p4)
+    rec, _ = fail_node(c, ck, dead)
+    ck.metric("recovery_ms", rec, "ms")
+    survivors = sorted(c.members[LS])
+    after = all_dumps(c, survivors, "after-failure")
+    ck.expect(not dumpmod.check(after, survivors), "invariants after node%d failed: %s" % (dead, dumpmod.check(after, survivors)))
+    m1, r1 = master_of(after, "f-1")
+    ck.expect(m1 == p3 and [(l.grmode, l.nodeid) for l in r1.locks] == [("NL", None)],
+              "f-1 on dlm-peer node%d after node%d's EX was purged: %s" % (p3, dead, r1.locks if r1 else None))
+    m2, r2 = master_of(after, "f-2")
+    ck.expect(r2 is not None and [l.grmode for l in r2.locks] == ["PR"], "f-2 remastered with node%d's PR: %s"
+              % (p4, (m2, r2.locks if r2 else None)))
+    ck.note("after node%d failed: f-2 remastered on node %s" % (dead, m2))
+    ck.metric("pairs_locked_after_failure", pairwise_locking(c, ck, survivors, "y"), "")
+
+
+def sc_s16_double_start_kernels(c, ck):
+    """S16's double start among kernels only (three kernels): stop all, start all, start all again
+    at once. On 6.1 the second start interrupts the first recovery and the next one completes; on
+    newer kernels (rcom requests carry the recovery's own seq) the running recovery may wedge on
+    replies dropped as old until the cluster manager's next stop + start (noted)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    c.join(LS)
+    before = recovery_counts(c, kernels)
+    for k in kernels:
+        node_stop(c, k)
+    for k in kernels:
+        node_start(c, k, kernels)
+    for k in kernels:
+        c.kernel(k).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, 30)
+    for k in kernels:
+        c.kernel(k).sh("echo 1 > /sys/kernel/dlm/%s/control" % LS, check=False)
+    stuck = wait_running(c, kernels, kernels, 20)
+    ck.metric("stuck_after_double_start", stuck, "")
+    for k in kernels:
+        d = "\n".join(l for l in c.dmesg(k).splitlines() if "dlm: %s:" % LS in l)
+        ck.note("node%d: %d recoveries done since the stop; %s" % (k, recoveries_done(c, k) - before[k],
+                "interrupted" if re.search(r"error -4|interrupted", d) else "not interrupted"))
+    if all(c.cfg.node(k).kernel == "6.1" for k in kernels):
+        ck.expect(not stuck, "6.1 nodes %s did not finish after the double start" % stuck)
+    elif stuck:
+        ck.note("%s: nodes %s wedged after the double start; stop + start" % (c.cfg.node(kernels[0]).kernel, stuck))
+        restart_members(c, ck, kernels, 60, "after the stop + start that follows the double start")
+    ck.require(not wait_running(c, kernels, kernels, 30), "kernels not running at the end")
+    blocking_and_lvb(c, ck, kernels[0], kernels[1], res="res-s16")
+
+
+def decode_messages(c):
+    """Every DLM message of the run's capture as dlm-peer decode --json reads it."""
+    c.finish_capture()
+    r = subprocess.run([find_dlm_peer(), "decode", "--json", c.pcap], capture_output=True, text=True, timeout=300)
+    out = []
+    for line in r.stdout.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def sc_s8_rebuild_interrupted(c, ck, count=1500):
+    """S8's -EEXIST path: K1 masters `count` names on which K2 and dlm-peer hold NL. K1's VM is
+    powered off and the survivors start without it: K2 (the low survivor) becomes the new master
+    and dlm-peer sends it its locks (RCOM_LOCK). As soon as dlm-peer has sent them all, both are
+    stopped, dlm-peer first (K2 has rebuilt only part of them: the kernel works through them at
+    TCG speed; its replies reach a stopped dlm-peer, which ignores them) and
+    started again with the same members: dlm-peer re-sends the locks still unacknowledged and
+    K2 answers those it already has with -EEXIST (the capture's RCOM_LOCK_REPLY results). In the
+    end every dlm-peer lock has exactly one master copy on K2 (no duplicates: dumps)."""
+    kernels, pid = recovery_setup(c, ck)
+    k1, k2 = kernels[:2]
+    ck.require(k2 < pid, "this scenario wants the kernel as the low survivor (lab-peer.toml)")
+    prefix = "s8e-"
+    ev = c.agent(k1, LS, "many m %s NL %d" % (prefix, count), wait="MANYDONE m ", timeout=120)
+    ck.require(ev.get("ok") == str(count), "node%d many: %s" % (k1, ev["line"]))
+    t0 = time.time()
+    for i in range(count):
+        a = peerctl.lock(pid, LS, "%s%d" % (prefix, i), "NL")
+        ck.require(a.get("status") == "granted", "dlm-peer NL on %s%d: %s" % (prefix, i, a))
+    ck.metric("peer_locks_taken", round(time.time() - t0, 3))
+    ev = c.agent(k2, LS, "many k %s NL %d" % (prefix, count), wait="MANYDONE k ", timeout=120)
+    ck.require(ev.get("ok") == str(count), "node%d many: %s" % (k2, ev["line"]))
+    survivors = sorted([k2, pid])
+    c.step("node%d powered off; survivors start without it; stopped again once dlm-peer sent its locks" % k1)
+    c.kernel(k1).stop()
+    before = recovery_counts(c, survivors)
+    logpos = len(open(c.nodes[pid].log).read())
+    for i in survivors:
+        node_stop(c, i)
+    for i in survivors:
+        node_start(c, i, survivors)
+    peer = c.nodes[pid]
+    end = time.time() + 60
+    sent = None
+    while sent is None and time.time() < end:
+        sent = re.findall(r"dlm_recover_locks (\d+) out", open(peer.log).read()[logpos:])
+        sent = int(sent[0]) if sent else None
+        time.sleep(0 if sent else 0.02)
+    ck.require(sent, "dlm-peer did not send its locks:\n%s" % tail(peer.log))
+    # dlm-peer first: the LOCK_REPLYs the kernel still sends are then ignored (a stopped node
+    # takes only RCOM_STATUS), so the locks stay unacknowledged and are sent again
+    for i in (pid, k2):
+        node_stop(c, i)
+    ck.metric("peer_rcom_locks_sent", sent, "")
+    d = c.dmesg(k2)
+    interrupted = re.search(r"dlm_recover \d+ error -4|interrupted", d) is not None
+    ck.expect(interrupted, "node%d: the first recovery should be interrupted:\n%s" % (k2, "\n".join(d.splitlines()[-10:])))
+    m = re.findall(r"dlm_recover_locks (\d+) in", d)
+    ck.note("node%d before the stop: %s" % (k2, "dlm_recover_locks %s in" % m[-1] if m else "no lock rebuild finished"))
+    for i in survivors:
+        node_start(c, i, survivors)
+    wait_started(c, ck, survivors, before, 120, "after the second start")
+    c.members[LS] = set(survivors)
+    c.kernel(k2).sh("rmdir /sys/kernel/config/dlm/cluster/comms/%d" % k1)
+    after = all_dumps(c, survivors, "after")
+    problems = dumpmod.check(after, survivors)
+    ck.expect(not problems, "invariants after: %s" % problems[:5])
+    copies = sum(1 for n, r in after[k2].items() if n.startswith(prefix) and r.master == 0
+                 for l in r.locks if l.nodeid == pid)
+    masters = {i: sum(1 for n, r in after[i].items() if n.startswith(prefix) and r.master == 0) for i in survivors}
+    ck.metric("master_copies_of_peer_locks_on_node%d" % k2, copies, "")
+    ck.metric("new_masters", masters, "")
+    ck.expect(copies == masters[k2], "node%d masters %d names but holds %d master copies of dlm-peer's locks"
+              % (k2, masters[k2], copies))
+    results = {}
+    for m in decode_messages(c):
+        body = m.get("message", {})
+        body = body.get("inner", body)
+        if body.get("rc_type") == "LOCK_REPLY" and body.get("h_nodeid") == k2:
+            res = int(re.match(r"-?\d+", str(body.get("rl_result", 0))).group())     # "-17(-EEXIST)"
+            results[res] = results.get(res, 0) + 1
+    ck.metric("rcom_lock_reply_results", results, "")
+    ck.expect(results.get(-17, 0) > 0, "no RCOM_LOCK_REPLY with -EEXIST from node%d (results %s): the rebuild was not "
+              "interrupted midway" % (k2, results))
 
 
 BENCH_PEER_RES = "bench-p2"
@@ -1330,23 +2320,11 @@ def peer_leaves(c, ck, pid, timeout=20):
     p = c.nodes[pid]
     remaining = sorted(c.members[LS] - {pid})
     c.step("dlm-peer node%d leaves %s; remaining %s: stop all, then members+start all" % (pid, LS, remaining))
-    done_before = {i: recoveries_done(c, i) for i in remaining}
     t0 = time.time()
     p.proc.send_signal(_signal.SIGTERM)
-    for i in remaining:
-        c.kernel(i).sh("dlmlc stop %s" % LS)
-    for i in remaining:
-        c.kernel(i).bg("dlmlc members %s --no-stop %s" % (LS, c._member_args(remaining)), "/tmp/members-%s.log" % LS)
-    for i in remaining:
-        line = c.kernel(i).waitlog("/tmp/members-%s.log" % LS, "RECONFIGURED|ERROR", 1, timeout)
-        ck.require("RECONFIGURED" in line, "node%d: reconfiguring %s failed: %s" % (i, LS, line))
-    # let the remaining kernels finish that recovery before anything else (a 5.10 kernel that
-    # releases a lockspace mid-recovery waits a second for it)
-    for i in remaining:
-        end = time.time() + timeout
-        while recoveries_done(c, i) <= done_before[i] and time.time() < end:
-            time.sleep(0.05)
-        ck.expect(recoveries_done(c, i) > done_before[i], "node%d: no recovery finished after node%d left" % (i, pid))
+    # the remaining members (kernels and other dlm-peers) finish that recovery before anything
+    # else (a 5.10 kernel that releases a lockspace mid-recovery waits a second for it)
+    restart_members(c, ck, remaining, timeout, "after node%d left" % pid)
     try:
         rc = p.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -1738,6 +2716,14 @@ class Scenario:
         return os.path.join(paths.CONFIG_DIR, self.config)
 
 
+def with_low(name, fn, sid, about, **kw):
+    """A scenario on lab-peer.toml and its `-low` twin on lab-peer-low.toml, where dlm-peer is
+    node 1, the lowest id (the recovery coordinator). Only the first can be in the default set."""
+    return [Scenario(name, "lab-peer.toml", fn, about, **kw),
+            Scenario(name + "-low", "lab-peer-low.toml", fn, "%s with dlm-peer as the lowest node" % sid,
+                     **{k: v for k, v in kw.items() if k != "default"})]
+
+
 SCENARIOS = [
     Scenario("basic", "lab-2node.toml", sc_basic, "2 nodes: EX blocks, BAST, NOQUEUE -EAGAIN, LVB, conversions, clean leave (FIN < 1 s)",
              default=True),
@@ -1821,6 +2807,30 @@ SCENARIOS = [
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
+    *with_low("s5a-lvb-preserved", sc_s5a_lvb_preserved, "S5a",
+              "S5a: the master of r4 dies; dlm-peer's PW|VALBLK LVB v2 becomes the new master's, valid", default=True),
+    *with_low("s5b-lvb-writers-lost", sc_s5b_lvb_writers_lost, "S5b",
+              "S5b: the master of r5 dies, only a CR|VALBLK writer is left: LVB v3 flagged VALNOTVALID on the next grant", default=True),
+    *with_low("s6-lvb-invalidated", sc_s6_lvb_invalidated, "S6",
+              "S6: an EX|VALBLK holder dies, the master (dlm-peer or a kernel) survives: VALNOTVALID until a PW/EX write", default=True),
+    *with_low("s7-kernel-master-dies", sc_s7_kernel_master_dies, "S7 (kernel master)",
+              "S7: dlm-peer's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen kernel master that dies", default=True),
+    *with_low("s7-peer-master-dies", sc_s7_peer_master_dies, "S7 (dlm-peer master)",
+              "S7: a kernel's REQUEST, CONVERT, UNLOCK and CANCEL in flight to a frozen dlm-peer master that is killed", default=True),
+    *with_low("s8-change-during-recovery", sc_s8_change_during_recovery, "S8",
+              "S8: survivors restarted with a dead node still listed, stopped mid-recovery (interrupted), restarted without it", default=True),
+    Scenario("s8-rebuild-interrupted", "lab-peer.toml", sc_s8_rebuild_interrupted,
+             "S8's -EEXIST path: a lock rebuild (1,500 RCOM_LOCKs) interrupted midway and redone: no duplicated master copies"),
+    *with_low("s16-control-noops", sc_s16_control_noops, "S16",
+              "S16: start while running refused; stop twice and start twice harmless (kernel sysfs and dlm-peer ls-stop/ls-start)", default=True),
+    *with_low("s10-peer-rejoins", sc_s10_peer_rejoins, "S10",
+              "S10: dlm-peer is killed and a new dlm-peer rejoins (comms reset, renew): old locks purged, no seq mismatch", default=True),
+    *with_low("s14-requestqueue", sc_s14_requestqueue, "S14",
+              "S14: a CONVERT and a newer REQUEST reach a stopped dlm-peer: queued, processed in order after recovery", default=True),
+    Scenario("s16-double-start-kernels", "lab-3node.toml", sc_s16_double_start_kernels,
+             "S16's double start among three kernels only (6.1 interrupts and recovers; newer kernels may wedge)"),
+    Scenario("two-kernels-two-peers", "lab-2k2p.toml", sc_two_kernels_two_peers,
+             "2 kernels + 2 dlm-peers: formation, every node locks against every other, random workload, a kernel fails"),
     Scenario("decode", "lab-2node.toml", sc_decode,
              "exact message counts of a known workload; every capture of the run through dlm-peer decode",
              default=True, order=1),

@@ -75,3 +75,11 @@ def test_invariants_catch_violations():
 def test_unreadable_line_names_it():
     with pytest.raises(dumps.DumpError, match="line 4"):
         dumps.parse('Resource x Name (len=1) "a"\nMaster Copy\nGranted Queue\nbogus\n')
+
+
+def test_invariants_catch_a_duplicated_master_copy():
+    # a recovery that rebuilt node 2's lock 3 twice on the master (the -EEXIST path missed)
+    twice = MASTER.replace("00000007 -- (PR) Remote:   2 00000003\n",
+                           "00000007 -- (PR) Remote:   2 00000003\n00000008 -- (PR) Remote:   2 00000003\n")
+    bad = dumps.check({1: dumps.parse(twice), 2: dumps.parse(PROCESS)}, [1, 2])
+    assert any("two master copies (7, 8) of node 2's lock 3" in b for b in bad), bad
