@@ -152,7 +152,7 @@ public struct LockspaceRecovery: Sendable {
     mutating func abortPass<L: RecoveryLockState>(_ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
         guard let p = pass else { return }
         locks.recoveryEnd(context(seq: p.seq))
-        pass = nil
+        endPass()
         counters.interrupted += 1
         out.append(.log(.info, "dlm_recover \(p.seq) error -4: interrupted and should be queued to run again"))
         out.append(.recoveryInterrupted(seq: p.seq))
@@ -206,13 +206,14 @@ public struct LockspaceRecovery: Sendable {
 
     /// Runs the recovery as far as it can go without waiting for a message or the clock.
     mutating func run<L: RecoveryLockState>(_ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
-        while let p = pass {
-            if p.sync != nil { return }
-            if let until = p.sleepUntil {
+        // The pass is read field by field, never copied whole: see `lookupReply`.
+        while pass != nil {
+            if pass!.sync != nil { return }
+            if let until = pass!.sleepUntil {
                 if now < until { return }
                 pass!.sleepUntil = nil
             }
-            switch p.step {
+            switch pass!.step {
             case .ping(let i):
                 guard i < members.count else {
                     out.append(.log(.info, "dlm_recover_members \(members.count) nodes"))
@@ -262,7 +263,7 @@ public struct LockspaceRecovery: Sendable {
             case .directory(let i, let last):
                 guard !config.nodir, i < members.count else {
                     setStatus(.dir, &out)
-                    out.append(.log(.info, "dlm_recover_directory \(p.dirNames) in \(p.dirAdded) new"))
+                    out.append(.log(.info, "dlm_recover_directory \(pass!.dirNames) in \(pass!.dirAdded) new"))
                     enterBarrier(.dir)
                     continue
                 }
@@ -294,8 +295,8 @@ public struct LockspaceRecovery: Sendable {
     /// What follows barrier `bit` (the X_ALL bit has been set or seen).
     mutating func afterBarrier<L: RecoveryLockState>(_ bit: RecoveryStatus, _ now: NIODeadline, _ locks: inout L,
                                                      _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
-        let ctx = context(seq: p.seq)
+        guard let seq = pass?.seq, let neg = pass?.neg else { return }
+        let ctx = context(seq: seq)
         switch bit {
         case .nodes:
             pass!.step = .directory(0, last: [])
@@ -303,7 +304,7 @@ public struct LockspaceRecovery: Sendable {
         case .dir:
             // R6, then R7.
             locks.recoverWaitersPre(ctx)
-            if p.neg > 0 || config.nodir {
+            if neg > 0 || config.nodir {
                 let purged = locks.purgeDepartedLocks(ctx)
                 out.append(.log(.info, "dlm_recover_purge \(purged) locks for \(nodesGone.count) nodes"))
                 let names = locks.recoverMasters(ctx)
@@ -332,8 +333,8 @@ public struct LockspaceRecovery: Sendable {
                 enterBarrier(.locks)
             }
         case .locks:
-            if p.neg > 0 || config.nodir {
-                out.append(.log(.info, "dlm_recover_locks \(p.locksIn) in"))
+            if neg > 0 || config.nodir {
+                out.append(.log(.info, "dlm_recover_locks \(pass!.locksIn) in"))
                 locks.finishMasterRecovery(ctx)
             }
             locks.recoveryEnd(ctx)
@@ -347,8 +348,8 @@ public struct LockspaceRecovery: Sendable {
 
     /// R7.3: send our locks on resources with a new master.
     mutating func sendLocks<L: RecoveryLockState>(_ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
-        let groups = locks.locksToRecover(context(seq: p.seq))
+        guard let seq = pass?.seq else { return }
+        let groups = locks.locksToRecover(context(seq: seq))
         phase = .locks
         pass!.step = .locks
         var count = 0
@@ -396,7 +397,7 @@ public struct LockspaceRecovery: Sendable {
         guard let p = pass else { return }
         let departed = nodesGone
         nodesGone = []
-        pass = nil
+        endPass()
         isRunning = true
         phase = .running
         completedRecoveries += 1
@@ -425,7 +426,7 @@ public struct LockspaceRecovery: Sendable {
     }
 
     mutating func fail(_ failure: RecoveryFailure, _ out: inout [RecoveryAction]) {
-        pass = nil
+        endPass()
         phase = .failed(failure)
         counters.failed += 1
         out.append(.log(.warning, "\(failure)"))
@@ -729,25 +730,25 @@ public struct LockspaceRecovery: Sendable {
 
     mutating func lookupReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, _ now: NIODeadline,
                                                     _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass, let name = p.lookups[rc.id] else {
+        // No copy of `pass` is held while its tables change (a held copy makes every change copy
+        // the whole table: one reply per lock would cost O(locks) each).
+        guard let seq = pass?.seq, let name = pass!.lookups.removeValue(forKey: rc.id) else {
             out.append(.log(.warning, "dlm_recover_master_reply no id \(hex(rc.id)) from \(node)"))
             return
         }
-        pass!.lookups[rc.id] = nil
         guard rc.result > 0 else {
             fail(.lookupFailed(node: node, name: name, errno: rc.result), &out)
             return
         }
-        locks.setNewMaster(name: name, master: UInt32(rc.result), context(seq: p.seq))
-        if pass!.lookups.isEmpty, case .masters = p.step {
+        locks.setNewMaster(name: name, master: UInt32(rc.result), context(seq: seq))
+        if pass!.lookups.isEmpty, case .masters = pass!.step {
             sendLocks(&locks, &out)
         }
     }
 
     mutating func lockReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, _ now: NIODeadline,
                                                   _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard case .lockReply(let lock, _) = rc.payload, let p = pass,
-              let pending = p.pendingLocks[lock.lkid] else {
+        guard case .lockReply(let lock, _) = rc.payload, let pending = pass?.pendingLocks[lock.lkid] else {
             out.append(.log(.warning, "dlm_recover_process_copy no lkid from \(node)"))
             return
         }
@@ -762,7 +763,7 @@ public struct LockspaceRecovery: Sendable {
         }
         locks.lockRecovered(name: pending.name, lockID: lock.lkid, remoteID: lock.remid, result: lock.result)
         pass!.pendingLocks[lock.lkid] = nil
-        if pass!.pendingLocks.isEmpty, case .locks = p.step {
+        if pass!.pendingLocks.isEmpty, case .locks = pass!.step {
             setStatus(.locks, &out)
             enterBarrier(.locks)
         }
@@ -788,6 +789,13 @@ public struct LockspaceRecovery: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// The pass is over (done, failed or interrupted): its table copies go to the counters.
+    mutating func endPass() {
+        guard let p = pass else { return }
+        counters.passTableCopies += p.lookups.copies + p.pendingLocks.copies
+        pass = nil
+    }
 
     func context(seq: UInt64) -> RecoveryContext {
         RecoveryContext(ourNodeID: config.ourNodeID, seq: seq, members: memberIDs, departed: Set(nodesGone),
@@ -901,10 +909,12 @@ extension LockspaceRecovery {
         var delayMs: Int64 = 0
         /// The NAMES responder's snapshot, per asking node.
         var names: [UInt32: NamesIndex] = [:]
-        var lookups: [UInt64: [UInt8]] = [:]
+        /// Outstanding RCOM_LOOKUPs by rc_id (one per resource whose master departed).
+        var lookups = CopyCountedDictionary<UInt64, [UInt8]>()
         var nextLookupID: UInt64 = 1
         var nextLockToken: UInt64 = 0
-        var pendingLocks: [UInt32: PendingLock] = [:]
+        /// Outstanding RCOM_LOCKs by our lock id (one per lock on a resource with a new master).
+        var pendingLocks = CopyCountedDictionary<UInt32, PendingLock>()
         var dirNames = 0
         var dirAdded = 0
         var locksIn = 0
@@ -935,4 +945,7 @@ public struct RecoveryCounters: Hashable, Sendable {
     public var lockMessagesHeld = 0
     public var lockMessagesDropped = 0
     public var lockMessagesPurged = 0
+    /// Copy-on-write copies of a pass's per-lock tables (outstanding LOOKUPs and LOCKs), summed
+    /// over the finished passes. Each costs O(outstanding); anything but a few means quadratic work.
+    public var passTableCopies = 0
 }
