@@ -73,6 +73,11 @@ public struct LockspaceRecovery: Sendable {
     public var recoveringSeq: UInt64? { pass?.seq }
     /// The node the recovery waits for a STATUS/NAMES reply from (sysfs `recover_nodeid`).
     public var waitingFor: UInt32? { pass?.sync?.to }
+    /// How far the recovery in progress has come (cheap: no per-lock work).
+    public var progress: RecoveryProgress {
+        RecoveryProgress(phase: phase, directoryNames: pass?.dirNames ?? 0, lookupsOutstanding: pass?.lookups.count ?? 0,
+                         locksOutstanding: pass?.pendingLocks.count ?? 0, locksIn: pass?.locksIn ?? 0)
+    }
 
     /// The "not ready" STATUS_REPLY (`dlm_send_ls_not_ready`) for an RCOM_STATUS naming a lockspace we
     /// do not have (yet): `rc_result` -ESRCH, `rf_lvblen` 0xFFFFFFFF. 6.1 sends it sequenced.
@@ -501,7 +506,7 @@ public struct LockspaceRecovery: Sendable {
     /// A STATUS_REPLY or NAMES_REPLY that matched the outstanding request.
     mutating func syncReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, request: SyncRequest,
                                                   _ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
+        guard let step = pass?.step, let seq = pass?.seq else { return }
         switch request.kind {
         case .status:
             guard case .statusReply(let cfg, _) = rc.payload else { return }
@@ -521,7 +526,7 @@ public struct LockspaceRecovery: Sendable {
                 }
                 remote = RecoveryStatus(rawValue: UInt32(bitPattern: rc.result))
             }
-            switch p.step {
+            switch step {
             case .ping(let i):
                 pass!.step = .ping(i + 1)
             case .barrier(let bit, let i):
@@ -547,8 +552,8 @@ public struct LockspaceRecovery: Sendable {
                 break
             }
         case .names(let last):
-            guard case .namesReply(let list) = rc.payload, case .directory(let i, _) = p.step else { return }
-            let ctx = context(seq: p.seq)
+            guard case .namesReply(let list) = rc.payload, case .directory(let i, _) = step else { return }
+            let ctx = context(seq: seq)
             var newLast = last
             for nameBuffer in list.names {
                 let name = Array(nameBuffer.readableBytesView)
