@@ -95,35 +95,37 @@ final class RecoveryScalingCluster {
     }
 
     func apply(_ id: UInt32, _ event: RecoveryEvent) {
-        var n = nodes[id]!
-        nodes[id] = nil   // n is the only reference: no copy-on-write of its tables below
+        // Taken out while it runs: the only reference, so no copy-on-write of its tables.
+        var n = nodes.removeValue(forKey: id)!
+        defer { nodes[id] = n }
         n.locks.now = clock
         let actions = n.machine.handle(event, now: now, locks: &n.locks)
-        let early = n.locks.takeActions()
-        nodes[id] = n
-        lockActions(early, from: id)
-        for a in actions {
-            switch a {
-            case .send(let rc, let to):
-                if let type = rc.rcomType { sent[type, default: 0] += 1 }
-                network.append((id, to, .rcom(rc)))
-            case .scheduleTimer(let d):
-                nodes[id]!.timer = d
-            case .cancelTimer:
-                nodes[id]!.timer = nil
-            case .deliverLockMessage(let m, let from):
-                lockActions(nodes[id]!.locks.receive(m, from: from, now: clock), from: id)
-            case .resendInFlightOperations:
-                lockActions(nodes[id]!.locks.recoverWaitersPost(now: clock), from: id)
-            case .grantPass:
-                lockActions(nodes[id]!.locks.recoverGrant(now: clock), from: id)
-            case .recoveryDone:
-                recoveriesDone += 1
-            case .recoveryFailed(let f):
-                failures.append("node \(id) recovery failed: \(f)")
-            case .lockingEnabled, .recoveryInterrupted, .log, .statusChanged, .membersChanged:
-                break
-            }
+        // What the lock manager did inside `handle` comes first, as in `PeerNode.run`.
+        lockActions(n.locks.takeActions(), from: id)
+        for action in actions { perform(action, on: &n, id: id) }
+    }
+
+    private func perform(_ action: RecoveryAction, on n: inout Node, id: UInt32) {
+        switch action {
+        case .send(let rc, let to):
+            if let type = rc.rcomType { sent[type, default: 0] += 1 }
+            network.append((id, to, .rcom(rc)))
+        case .scheduleTimer(let deadline):
+            n.timer = deadline
+        case .cancelTimer:
+            n.timer = nil
+        case .deliverLockMessage(let m, let from):
+            lockActions(n.locks.receive(m, from: from, now: clock), from: id)
+        case .resendInFlightOperations:
+            lockActions(n.locks.recoverWaitersPost(now: clock), from: id)
+        case .grantPass:
+            lockActions(n.locks.recoverGrant(now: clock), from: id)
+        case .recoveryDone:
+            recoveriesDone += 1
+        case .recoveryFailed(let f):
+            failures.append("node \(id) recovery failed: \(f)")
+        case .lockingEnabled, .recoveryInterrupted, .log, .statusChanged, .membersChanged:
+            break
         }
     }
 
