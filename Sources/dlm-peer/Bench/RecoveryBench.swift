@@ -132,11 +132,11 @@ enum RecoveryBenchCase {
         let t1 = NIODeadline.now()
         for peer in peers.prefix(2) where l > 0 {
             let loader = LockLoader.start(on: peer, lockspace: lockspace, names: names, mode: .pr)
-            let progress = ProgressReporter("load, node \(peer.nodeID)") {
+            try ProgressReporter.during("load, node \(peer.nodeID)", report: {
                 "\((try? peer.eventLoop.submit { loader.granted }.wait()) ?? 0) of \(l) locks granted"
+            }) {
+                try loader.done.wait()
             }
-            defer { progress.stop() }
-            try loader.done.wait()
         }
         let load = Double((NIODeadline.now() - t1).nanoseconds) / 1e9
 
@@ -152,21 +152,21 @@ enum RecoveryBenchCase {
             }
         }
         let t2 = NIODeadline.now()
-        let progress = ProgressReporter("recovery") {
+        let reports = try ProgressReporter.during("recovery", report: {
             survivors.map { p in
                 let state = (try? p.recoveryProgress(lockspace: lockspace).wait()).flatMap { $0.map { "\($0)" } }
                 return "node \(p.nodeID) \(state ?? "?")"
             }.joined(separator: "; ")
-        }
-        defer { progress.stop() }
-        let reports = try blocking { () -> [UInt32: Double] in
-            for p in survivors { try await p.start(lockspace: lockspace, members: members) }
-            var out: [UInt32: Double] = [:]
-            for p in survivors {
-                let r = try await p.waitForRecovery(lockspace: lockspace)
-                out[p.nodeID] = Double(r.elapsed.nanoseconds) / 1e6
+        }) {
+            try blocking { () -> [UInt32: Double] in
+                for p in survivors { try await p.start(lockspace: lockspace, members: members) }
+                var out: [UInt32: Double] = [:]
+                for p in survivors {
+                    let r = try await p.waitForRecovery(lockspace: lockspace)
+                    out[p.nodeID] = Double(r.elapsed.nanoseconds) / 1e6
+                }
+                return out
             }
-            return out
         }
         let wall = Double((NIODeadline.now() - t2).nanoseconds) / 1e6
         let held = try peers[1].status().wait().lockspaces.first { $0.name == lockspace }?.locks ?? -1
@@ -268,6 +268,14 @@ enum LabRecoveryBench {
 /// Reports a long bench step on stderr: `report()` every `interval` seconds until `stop()`, from a
 /// dispatch queue (a silent minute is unpleasant). Nothing is printed for steps shorter than that.
 final class ProgressReporter: @unchecked Sendable {
+    /// Runs `body`, reporting while it runs.
+    static func during<T>(_ step: String, every interval: Double = 2, report: @escaping @Sendable () -> String,
+                          _ body: () throws -> T) rethrows -> T {
+        let reporter = ProgressReporter(step, every: interval, report: report)
+        defer { reporter.stop() }
+        return try body()
+    }
+
     private let timer: DispatchSourceTimer
 
     init(_ step: String, every interval: Double = 2, report: @escaping @Sendable () -> String) {
