@@ -38,6 +38,7 @@ struct RecoveryScalingTests {
         for id in c.alive {
             #expect(c.nodes[id]!.machine.isRunning, "node \(id) did not finish its recovery")
         }
+        #expect(c.recoveriesDone == nodes + (nodes - 1))   // formation, then the survivors
         #expect(holdsRebuiltLocks(c, node: 2) == 2 * count)
         #expect(holdsRebuiltLocks(c, node: 3) == 2 * count)
         let after = c.alive.map { c.nodes[$0]!.machine.counters.passTableCopies }.reduce(0, +)
