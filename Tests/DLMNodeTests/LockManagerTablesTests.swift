@@ -56,6 +56,9 @@ struct LockManagerTablesTests {
                 }
                 #expect(Set(table.allSlots) == Set(model.values.map(\.slot)))
                 #expect(table.sortedNames == model.keys.sorted { $0.lexicographicallyPrecedes($1) })
+                // slots(where:): the model's slots of the rsbs matching, ascending.
+                let odd = model.values.filter { table[$0.slot].master % 2 == 1 }.map(\.slot).sorted()
+                #expect(table.slots { $0.master % 2 == 1 } == odd)
             }
         }
     }

@@ -158,6 +158,11 @@ struct RsbTable: Sendable {
         slots.indices.filter { slots[$0] != nil }
     }
 
+    /// The slots in use whose rsb satisfies `predicate`, in slot order.
+    func slots(where predicate: (LockManager.Rsb) -> Bool) -> [RsbSlot] {
+        slots.indices.filter { slots[$0].map(predicate) ?? false }
+    }
+
     /// The slots in use, sorted by name (bytes).
     var slotsSortedByName: [RsbSlot] {
         allSlots.sorted { slots[$0]!.resource.name.lexicographicallyPrecedes(slots[$1]!.resource.name) }

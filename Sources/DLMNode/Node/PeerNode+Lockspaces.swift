@@ -80,6 +80,11 @@ extension PeerNode {
         }.get()
     }
 
+    /// The progress of the lockspace's recovery (nil if we are not a member).
+    public func recoveryProgress(lockspace name: String) -> EventLoopFuture<RecoveryProgress?> {
+        eventLoop.submit { [self] in lockspaceState(named: name)?.recovery.progress }
+    }
+
     func requireLockspace(named name: String) throws -> LockspaceState {
         eventLoop.assertInEventLoop()
         guard let ls = lockspaceState(named: name) else {

@@ -73,6 +73,11 @@ public struct LockspaceRecovery: Sendable {
     public var recoveringSeq: UInt64? { pass?.seq }
     /// The node the recovery waits for a STATUS/NAMES reply from (sysfs `recover_nodeid`).
     public var waitingFor: UInt32? { pass?.sync?.to }
+    /// How far the recovery in progress has come (cheap: no per-lock work).
+    public var progress: RecoveryProgress {
+        RecoveryProgress(phase: phase, directoryNames: pass?.dirNames ?? 0, lookupsOutstanding: pass?.lookups.count ?? 0,
+                         locksOutstanding: pass?.pendingLocks.count ?? 0, locksIn: pass?.locksIn ?? 0)
+    }
 
     /// The "not ready" STATUS_REPLY (`dlm_send_ls_not_ready`) for an RCOM_STATUS naming a lockspace we
     /// do not have (yet): `rc_result` -ESRCH, `rf_lvblen` 0xFFFFFFFF. 6.1 sends it sequenced.
@@ -152,7 +157,7 @@ public struct LockspaceRecovery: Sendable {
     mutating func abortPass<L: RecoveryLockState>(_ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
         guard let p = pass else { return }
         locks.recoveryEnd(context(seq: p.seq))
-        pass = nil
+        endPass()
         counters.interrupted += 1
         out.append(.log(.info, "dlm_recover \(p.seq) error -4: interrupted and should be queued to run again"))
         out.append(.recoveryInterrupted(seq: p.seq))
@@ -206,13 +211,14 @@ public struct LockspaceRecovery: Sendable {
 
     /// Runs the recovery as far as it can go without waiting for a message or the clock.
     mutating func run<L: RecoveryLockState>(_ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
-        while let p = pass {
-            if p.sync != nil { return }
-            if let until = p.sleepUntil {
+        // The pass is read field by field, never copied whole: see `lookupReply`.
+        while pass != nil {
+            if pass!.sync != nil { return }
+            if let until = pass!.sleepUntil {
                 if now < until { return }
                 pass!.sleepUntil = nil
             }
-            switch p.step {
+            switch pass!.step {
             case .ping(let i):
                 guard i < members.count else {
                     out.append(.log(.info, "dlm_recover_members \(members.count) nodes"))
@@ -262,7 +268,7 @@ public struct LockspaceRecovery: Sendable {
             case .directory(let i, let last):
                 guard !config.nodir, i < members.count else {
                     setStatus(.dir, &out)
-                    out.append(.log(.info, "dlm_recover_directory \(p.dirNames) in \(p.dirAdded) new"))
+                    out.append(.log(.info, "dlm_recover_directory \(pass!.dirNames) in \(pass!.dirAdded) new"))
                     enterBarrier(.dir)
                     continue
                 }
@@ -294,8 +300,8 @@ public struct LockspaceRecovery: Sendable {
     /// What follows barrier `bit` (the X_ALL bit has been set or seen).
     mutating func afterBarrier<L: RecoveryLockState>(_ bit: RecoveryStatus, _ now: NIODeadline, _ locks: inout L,
                                                      _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
-        let ctx = context(seq: p.seq)
+        guard let seq = pass?.seq, let neg = pass?.neg else { return }
+        let ctx = context(seq: seq)
         switch bit {
         case .nodes:
             pass!.step = .directory(0, last: [])
@@ -303,7 +309,7 @@ public struct LockspaceRecovery: Sendable {
         case .dir:
             // R6, then R7.
             locks.recoverWaitersPre(ctx)
-            if p.neg > 0 || config.nodir {
+            if neg > 0 || config.nodir {
                 let purged = locks.purgeDepartedLocks(ctx)
                 out.append(.log(.info, "dlm_recover_purge \(purged) locks for \(nodesGone.count) nodes"))
                 let names = locks.recoverMasters(ctx)
@@ -332,8 +338,8 @@ public struct LockspaceRecovery: Sendable {
                 enterBarrier(.locks)
             }
         case .locks:
-            if p.neg > 0 || config.nodir {
-                out.append(.log(.info, "dlm_recover_locks \(p.locksIn) in"))
+            if neg > 0 || config.nodir {
+                out.append(.log(.info, "dlm_recover_locks \(pass!.locksIn) in"))
                 locks.finishMasterRecovery(ctx)
             }
             locks.recoveryEnd(ctx)
@@ -347,8 +353,8 @@ public struct LockspaceRecovery: Sendable {
 
     /// R7.3: send our locks on resources with a new master.
     mutating func sendLocks<L: RecoveryLockState>(_ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
-        let groups = locks.locksToRecover(context(seq: p.seq))
+        guard let seq = pass?.seq else { return }
+        let groups = locks.locksToRecover(context(seq: seq))
         phase = .locks
         pass!.step = .locks
         var count = 0
@@ -396,7 +402,7 @@ public struct LockspaceRecovery: Sendable {
         guard let p = pass else { return }
         let departed = nodesGone
         nodesGone = []
-        pass = nil
+        endPass()
         isRunning = true
         phase = .running
         completedRecoveries += 1
@@ -425,7 +431,7 @@ public struct LockspaceRecovery: Sendable {
     }
 
     mutating func fail(_ failure: RecoveryFailure, _ out: inout [RecoveryAction]) {
-        pass = nil
+        endPass()
         phase = .failed(failure)
         counters.failed += 1
         out.append(.log(.warning, "\(failure)"))
@@ -500,7 +506,7 @@ public struct LockspaceRecovery: Sendable {
     /// A STATUS_REPLY or NAMES_REPLY that matched the outstanding request.
     mutating func syncReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, request: SyncRequest,
                                                   _ now: NIODeadline, _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass else { return }
+        guard let step = pass?.step, let seq = pass?.seq else { return }
         switch request.kind {
         case .status:
             guard case .statusReply(let cfg, _) = rc.payload else { return }
@@ -520,7 +526,7 @@ public struct LockspaceRecovery: Sendable {
                 }
                 remote = RecoveryStatus(rawValue: UInt32(bitPattern: rc.result))
             }
-            switch p.step {
+            switch step {
             case .ping(let i):
                 pass!.step = .ping(i + 1)
             case .barrier(let bit, let i):
@@ -546,8 +552,8 @@ public struct LockspaceRecovery: Sendable {
                 break
             }
         case .names(let last):
-            guard case .namesReply(let list) = rc.payload, case .directory(let i, _) = p.step else { return }
-            let ctx = context(seq: p.seq)
+            guard case .namesReply(let list) = rc.payload, case .directory(let i, _) = step else { return }
+            let ctx = context(seq: seq)
             var newLast = last
             for nameBuffer in list.names {
                 let name = Array(nameBuffer.readableBytesView)
@@ -729,25 +735,25 @@ public struct LockspaceRecovery: Sendable {
 
     mutating func lookupReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, _ now: NIODeadline,
                                                     _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard let p = pass, let name = p.lookups[rc.id] else {
+        // No copy of `pass` is held while its tables change (a held copy makes every change copy
+        // the whole table: one reply per lock would cost O(locks) each).
+        guard let seq = pass?.seq, let name = pass!.lookups.removeValue(forKey: rc.id) else {
             out.append(.log(.warning, "dlm_recover_master_reply no id \(hex(rc.id)) from \(node)"))
             return
         }
-        pass!.lookups[rc.id] = nil
         guard rc.result > 0 else {
             fail(.lookupFailed(node: node, name: name, errno: rc.result), &out)
             return
         }
-        locks.setNewMaster(name: name, master: UInt32(rc.result), context(seq: p.seq))
-        if pass!.lookups.isEmpty, case .masters = p.step {
+        locks.setNewMaster(name: name, master: UInt32(rc.result), context(seq: seq))
+        if pass!.lookups.isEmpty, case .masters = pass!.step {
             sendLocks(&locks, &out)
         }
     }
 
     mutating func lockReply<L: RecoveryLockState>(_ rc: DLMRcom, from node: UInt32, _ now: NIODeadline,
                                                   _ locks: inout L, _ out: inout [RecoveryAction]) {
-        guard case .lockReply(let lock, _) = rc.payload, let p = pass,
-              let pending = p.pendingLocks[lock.lkid] else {
+        guard case .lockReply(let lock, _) = rc.payload, let pending = pass?.pendingLocks[lock.lkid] else {
             out.append(.log(.warning, "dlm_recover_process_copy no lkid from \(node)"))
             return
         }
@@ -762,7 +768,7 @@ public struct LockspaceRecovery: Sendable {
         }
         locks.lockRecovered(name: pending.name, lockID: lock.lkid, remoteID: lock.remid, result: lock.result)
         pass!.pendingLocks[lock.lkid] = nil
-        if pass!.pendingLocks.isEmpty, case .locks = p.step {
+        if pass!.pendingLocks.isEmpty, case .locks = pass!.step {
             setStatus(.locks, &out)
             enterBarrier(.locks)
         }
@@ -795,6 +801,13 @@ public struct LockspaceRecovery: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// The pass is over (done, failed or interrupted): its table copies go to the counters.
+    mutating func endPass() {
+        guard let p = pass else { return }
+        counters.passTableCopies += p.lookups.copies + p.pendingLocks.copies
+        pass = nil
+    }
 
     func context(seq: UInt64) -> RecoveryContext {
         RecoveryContext(ourNodeID: config.ourNodeID, seq: seq, members: memberIDs, departed: Set(nodesGone),
@@ -908,10 +921,12 @@ extension LockspaceRecovery {
         var delayMs: Int64 = 0
         /// The NAMES responder's snapshot, per asking node.
         var names: [UInt32: NamesIndex] = [:]
-        var lookups: [UInt64: [UInt8]] = [:]
+        /// Outstanding RCOM_LOOKUPs by rc_id (one per resource whose master departed).
+        var lookups = CopyCountedDictionary<UInt64, [UInt8]>()
         var nextLookupID: UInt64 = 1
         var nextLockToken: UInt64 = 0
-        var pendingLocks: [UInt32: PendingLock] = [:]
+        /// Outstanding RCOM_LOCKs by our lock id (one per lock on a resource with a new master).
+        var pendingLocks = CopyCountedDictionary<UInt32, PendingLock>()
         var dirNames = 0
         var dirAdded = 0
         var locksIn = 0
@@ -942,4 +957,7 @@ public struct RecoveryCounters: Hashable, Sendable {
     public var lockMessagesHeld = 0
     public var lockMessagesDropped = 0
     public var lockMessagesPurged = 0
+    /// Copy-on-write copies of a pass's per-lock tables (outstanding LOOKUPs and LOCKs), summed
+    /// over the finished passes. Each costs O(outstanding); anything but a few means quadratic work.
+    public var passTableCopies = 0
 }

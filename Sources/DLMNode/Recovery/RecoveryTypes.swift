@@ -91,6 +91,24 @@ public struct RecoveryStatus: OptionSet, Hashable, Sendable, CustomStringConvert
 }
 
 /// Where the recovery thread is (recovery.md §3.4, Appendix B).
+/// A progress report of the recovery in progress (`LockspaceRecovery.progress`).
+public struct RecoveryProgress: Hashable, Sendable, CustomStringConvertible {
+    public var phase: RecoveryPhase
+    /// Directory entries received with RCOM_NAMES so far (R4).
+    public var directoryNames: Int
+    /// RCOM_LOOKUPs sent and not answered yet (R7.2).
+    public var lookupsOutstanding: Int
+    /// Our RCOM_LOCKs sent and not answered yet (R7.3).
+    public var locksOutstanding: Int
+    /// Master copies rebuilt here from other nodes' RCOM_LOCKs (R7.3).
+    public var locksIn: Int
+
+    public var description: String {
+        "\(phase): \(directoryNames) directory names in, \(lookupsOutstanding) lookups and \(locksOutstanding) locks "
+            + "awaiting replies, \(locksIn) locks rebuilt here"
+    }
+}
+
 public enum RecoveryPhase: Hashable, Sendable, CustomStringConvertible {
     /// Created, never started (stopped from birth, generation 0).
     case new

@@ -20,6 +20,9 @@ import NIOPosix
 /// start to the last survivor's recovery done (wall), and each node's own recovery duration.
 /// Afterwards node 2 must still hold its L locks.
 ///
+/// A step that runs longer than 2 s reports its progress on stderr every 2 s: the locks granted so
+/// far while loading, each survivor's recovery phase and lock counts while recovering.
+///
 /// `--lab` adds the lab's kernel figures in the same run (`Interop/run --json recovery-bench...`:
 /// three kernels, one fails, 0/1,000/10,000 locks; needs root and QEMU): kernels only, next to
 /// the dlm-peer figures.
@@ -127,9 +130,13 @@ enum RecoveryBenchCase {
         // Load: node 1 masters L names, node 2 holds PR on the same names.
         let names = (0..<l).map { "rb-\($0)" }
         let t1 = NIODeadline.now()
-        if l > 0 {
-            try LockLoader.take(on: peers[0], lockspace: lockspace, names: names, mode: .pr).wait()
-            try LockLoader.take(on: peers[1], lockspace: lockspace, names: names, mode: .pr).wait()
+        for peer in peers.prefix(2) where l > 0 {
+            let loader = LockLoader.start(on: peer, lockspace: lockspace, names: names, mode: .pr)
+            try ProgressReporter.during("load, node \(peer.nodeID)", report: {
+                "\((try? peer.eventLoop.submit { loader.granted }.wait()) ?? 0) of \(l) locks granted"
+            }) {
+                try loader.done.wait()
+            }
         }
         let load = Double((NIODeadline.now() - t1).nanoseconds) / 1e9
 
@@ -145,14 +152,21 @@ enum RecoveryBenchCase {
             }
         }
         let t2 = NIODeadline.now()
-        let reports = try blocking { () -> [UInt32: Double] in
-            for p in survivors { try await p.start(lockspace: lockspace, members: members) }
-            var out: [UInt32: Double] = [:]
-            for p in survivors {
-                let r = try await p.waitForRecovery(lockspace: lockspace)
-                out[p.nodeID] = Double(r.elapsed.nanoseconds) / 1e6
+        let reports = try ProgressReporter.during("recovery", report: {
+            survivors.map { p in
+                let state = (try? p.recoveryProgress(lockspace: lockspace).wait()).flatMap { $0.map { "\($0)" } }
+                return "node \(p.nodeID) \(state ?? "?")"
+            }.joined(separator: "; ")
+        }) {
+            try blocking { () -> [UInt32: Double] in
+                for p in survivors { try await p.start(lockspace: lockspace, members: members) }
+                var out: [UInt32: Double] = [:]
+                for p in survivors {
+                    let r = try await p.waitForRecovery(lockspace: lockspace)
+                    out[p.nodeID] = Double(r.elapsed.nanoseconds) / 1e6
+                }
+                return out
             }
-            return out
         }
         let wall = Double((NIODeadline.now() - t2).nanoseconds) / 1e6
         let held = try peers[1].status().wait().lockspaces.first { $0.name == lockspace }?.locks ?? -1
@@ -196,11 +210,14 @@ final class LockLoader: @unchecked Sendable {
         self.promise = peer.eventLoop.makePromise()
     }
 
-    static func take(on peer: PeerNode, lockspace: String, names: [String], mode: LockMode) -> EventLoopFuture<Void> {
+    /// Starts taking the locks; `done` completes when all are granted. `granted` is read on the peer's loop.
+    static func start(on peer: PeerNode, lockspace: String, names: [String], mode: LockMode) -> LockLoader {
         let l = LockLoader(peer: peer, lockspace: lockspace, names: names, mode: mode)
         peer.eventLoop.execute { l.fill() }
-        return l.promise.futureResult
+        return l
     }
+
+    var done: EventLoopFuture<Void> { promise.futureResult }
 
     func fill() {
         while next < names.count && next - granted < window {
@@ -246,4 +263,32 @@ enum LabRecoveryBench {
         }
         return (rows, "exit \(p.terminationStatus)")
     }
+}
+
+/// Reports a long bench step on stderr: `report()` every `interval` seconds until `stop()`, from a
+/// dispatch queue (a silent minute is unpleasant). Nothing is printed for steps shorter than that.
+final class ProgressReporter: @unchecked Sendable {
+    /// Runs `body`, reporting while it runs.
+    static func during<T>(_ step: String, every interval: Double = 2, report: @escaping @Sendable () -> String,
+                          _ body: () throws -> T) rethrows -> T {
+        let reporter = ProgressReporter(step, every: interval, report: report)
+        defer { reporter.stop() }
+        return try body()
+    }
+
+    private let timer: DispatchSourceTimer
+
+    init(_ step: String, every interval: Double = 2, report: @escaping @Sendable () -> String) {
+        let start = DispatchTime.now()
+        timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "bench.progress"))
+        timer.schedule(deadline: .now() + interval, repeating: interval)
+        timer.setEventHandler {
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+            FileHandle.standardError.write(Data(String(format: "  %@ after %.0f s: %@\n", step, seconds, report()).utf8))
+        }
+        timer.resume()
+    }
+
+    /// Stops the reports (waits for nothing: a report being printed finishes on its own).
+    func stop() { timer.cancel() }
 }
