@@ -129,4 +129,26 @@ struct LockManagerTablesTests {
         #expect(table.detachedEntry(500) == nil)
         #expect(table[500]?.isDetached == false)
     }
+
+    @Test("directory placement kept with the members agrees with dlm_hash2nodeid over random weights, after every change")
+    func placementFollowsMembers() {
+        var rng = SystemRandomNumberGenerator()
+        var lm = LockManager(.init(lockspaceID: 7, ourNodeID: 1, lvbLength: 8), members: [.init(nodeID: 1)])
+        for round in 0..<200 {
+            let count = Int.random(in: 1...6, using: &rng)
+            var ids = Set<UInt32>([1])
+            while ids.count < count { ids.insert(UInt32.random(in: 2...40, using: &rng)) }
+            let allZero = round % 7 == 0
+            let members = ids.shuffled(using: &rng).map {
+                LockManager.Member(nodeID: $0, weight: allZero ? 0 : Int.random(in: 0...3, using: &rng))
+            }
+            _ = lm.setMembers(members, now: .seconds(round))
+            let pairs = members.map { (nodeID: $0.nodeID, weight: $0.weight) }
+            for _ in 0..<50 {
+                let hash = UInt32.random(in: 0...UInt32.max, using: &rng)
+                let expected = count == 1 ? 1 : (directoryNode(hash: hash, members: pairs) ?? 1)
+                #expect(lm.directoryNode(hash: hash) == expected, "members \(pairs) hash \(hash)")
+            }
+        }
+    }
 }

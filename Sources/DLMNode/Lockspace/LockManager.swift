@@ -183,8 +183,15 @@ public struct LockManager: Sendable {
     public let config: Configuration
     var rsbs = RsbTable()
     var lkbs = LockTable()
-    public private(set) var members: [Member] = []
+    public private(set) var members: [Member] = [] {
+        didSet {
+            memberIDs = Set(members.map(\.nodeID))
+            placement = DirectoryPlacement(members: members.map { ($0.nodeID, $0.weight) }, ourNodeID: config.ourNodeID)
+        }
+    }
     var memberIDs: Set<UInt32> = []
+    /// Directory placement of the current members (built when they change, not per message).
+    var placement: DirectoryPlacement
     /// Freed ids, in descending order (the last is the lowest).
     var freeIDs: [UInt32] = []
     var nextID: UInt32 = 1
@@ -199,8 +206,10 @@ public struct LockManager: Sendable {
 
     public init(_ config: Configuration, members: [Member] = []) {
         self.config = config
-        self.members = members.sorted { $0.nodeID < $1.nodeID }
-        self.memberIDs = Set(members.map(\.nodeID))
+        let sorted = members.sorted { $0.nodeID < $1.nodeID }
+        self.members = sorted
+        self.memberIDs = Set(sorted.map(\.nodeID))
+        placement = DirectoryPlacement(members: sorted.map { ($0.nodeID, $0.weight) }, ourNodeID: config.ourNodeID)
     }
 
     // MARK: - Membership and time
@@ -209,14 +218,12 @@ public struct LockManager: Sendable {
     public mutating func setMembers(_ newMembers: [Member], now: Duration) -> [Action] {
         self.now = now
         members = newMembers.sorted { $0.nodeID < $1.nodeID }
-        memberIDs = Set(members.map(\.nodeID))
         return drain()
     }
 
     /// `dlm_hash2nodeid`: the directory node of a name hash.
     public func directoryNode(hash: UInt32) -> UInt32 {
-        if members.count <= 1 { return us }
-        return DLMTransport.directoryNode(hash: hash, members: members.map { ($0.nodeID, $0.weight) }) ?? us
+        placement.directoryNode(hash: hash)
     }
 
     /// A timer tick: runs the inactive-rsb scan every `scanInterval` (§3.9.2).
