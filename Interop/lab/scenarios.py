@@ -2924,7 +2924,7 @@ SCENARIOS = [
     Scenario("agent-peer-inproc", "lab-peer.toml", sc_agent_peer_inproc,
              "two kernels with their agents and `dlm-peer run --agent`: formation, SIGTERM leaves through the agents "
              "(FIN), the same command joins the running lockspace with a kernel's EX held across it",
-             agents=True, peer_args={3: ["--agent"]}),
+             agents=True, peer_args={3: ["--agent"]}, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
     *with_low("s5a-lvb-preserved", sc_s5a_lvb_preserved, "S5a",
