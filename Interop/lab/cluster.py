@@ -13,6 +13,7 @@ by the next run (see reap_stale()).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -762,6 +763,20 @@ def init_state():
     if STATE is None:
         STATE = State()
     return STATE
+
+
+def private_runtime_dir():
+    """$XDG_RUNTIME_DIR of this harness run, inherited by every dlm-peer it starts (`run`, `agent`,
+    `status`, through `ip netns exec`) and read by peerctl: the control and admin sockets
+    (`dlm-peer.<node>.sock`, `dlm-peer-agent.<node>.sock`) are then this run's own. In a shared
+    /tmp a concurrent lab run's dlm-peer node 3 takes over /tmp/dlm-peer.3.sock, and this run's
+    requests reach the other cluster's node."""
+    import shutil
+    d = "/tmp/dlmlab-%d" % os.getpid()
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = d
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def teardown_all():
