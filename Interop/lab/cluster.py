@@ -13,6 +13,7 @@ by the next run (see reap_stale()).
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -296,6 +297,20 @@ class PeerNode:
         self.agent_log = os.path.join(cluster.rundir, "%s.agent.log" % self.name)
         self.admin = os.path.join(cluster.rundir, "%s-agent.sock" % self.name)
 
+    @property
+    def inproc_agent(self):
+        """`dlm-peer run --agent`: the node's agent runs in its own process (no separate agent)."""
+        return "--agent" in self.c.peer_args.get(self.id, [])
+
+    def run_command(self, binary):
+        """The `dlm-peer run` command line (inside the netns); with an in-process agent its
+        admin socket is the node's (`self.admin`)."""
+        extra = list(self.c.peer_args.get(self.id, []))
+        if self.inproc_agent and "--admin" not in extra:
+            extra += ["--admin", self.admin]
+        return ["ip", "netns", "exec", self.c.netns, binary, "run", "--config", self.c.config_file,
+                "--node", str(self.id)] + extra
+
     def start(self):
         binary = find_dlm_peer()
         if not binary:
@@ -304,13 +319,11 @@ class PeerNode:
             for a in self.node.addresses:
                 self.c.ns_ip("addr", "add", "%s/%d" % (a, cfgmod.LAB_NET.prefixlen), "dev", "br0")
             self.addressed = True
-        cmd = ["ip", "netns", "exec", self.c.netns, binary, "run", "--config", self.c.config_file,
-               "--node", str(self.id)] + list(self.c.peer_args.get(self.id, []))
         self.marker = "--config %s --node %d" % (self.c.config_file, self.id)
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(self.log, "w"),
+        self.proc = subprocess.Popen(self.run_command(binary), stdin=subprocess.DEVNULL, stdout=open(self.log, "w"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.c.state.add_proc(self.proc.pid, self.marker)
-        if self.c.agent_mode:
+        if self.c.agent_mode and not self.inproc_agent:
             # its cluster manager: the same agent as on the kernel nodes, driving the node
             # through its control socket (ls-stop / ls-start)
             time.sleep(0.5)
@@ -326,12 +339,17 @@ class PeerNode:
         if self.proc.poll() is not None:
             raise StepError("%s: dlm-peer exited with %s:\n%s" % (self.name, self.proc.returncode,
                                                                  open(self.log).read()[-2000:]))
-        if self.agent_proc is not None:
-            end = time.time() + timeout
-            while "running (admin socket" not in open(self.agent_log).read():
-                if self.agent_proc.poll() is not None or time.time() > end:
-                    raise StepError("%s: dlm-peer agent did not start:\n%s" % (self.name, open(self.agent_log).read()[-2000:]))
-                time.sleep(0.1)
+        if self.inproc_agent:
+            path, proc, ready = self.log, self.proc, "agent running in the node's process"
+        elif self.agent_proc is not None:
+            path, proc, ready = self.agent_log, self.agent_proc, "running (admin socket"
+        else:
+            return
+        end = time.time() + timeout
+        while ready not in open(path).read():
+            if proc.poll() is not None or time.time() > end:
+                raise StepError("%s: its agent did not start:\n%s" % (self.name, open(path).read()[-2000:]))
+            time.sleep(0.1)
 
     def stop(self):
         if self.agent_proc is not None:
@@ -745,6 +763,20 @@ def init_state():
     if STATE is None:
         STATE = State()
     return STATE
+
+
+def private_runtime_dir():
+    """$XDG_RUNTIME_DIR of this harness run, inherited by every dlm-peer it starts (`run`, `agent`,
+    `status`, through `ip netns exec`) and read by peerctl: the control and admin sockets
+    (`dlm-peer.<node>.sock`, `dlm-peer-agent.<node>.sock`) are then this run's own. In a shared
+    /tmp a concurrent lab run's dlm-peer node 3 takes over /tmp/dlm-peer.3.sock, and this run's
+    requests reach the other cluster's node."""
+    import shutil
+    d = "/tmp/dlmlab-%d" % os.getpid()
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = d
+    atexit.register(shutil.rmtree, d, True)
+    return d
 
 
 def teardown_all():

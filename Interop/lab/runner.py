@@ -227,6 +227,7 @@ def main(argv=None):
 
     cluster.init_state()
     atexit.register(cluster.teardown_all)
+    cluster.private_runtime_dir()
     # explicit handlers: a harness started in the background (SIGINT ignored) or by a CI
     # runner (SIGTERM) must still tear everything down
     signal.signal(signal.SIGINT, _on_signal)

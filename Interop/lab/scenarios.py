@@ -2106,6 +2106,27 @@ class Locker:
         return "unlocked" if ev.get("status") == "EUNLOCK" else ev.get("status")
 
 
+def ex_blocks(ck, la, lb, res, ta, tb, label, take=True):
+    """Locker `la` holds EX on `res` (taken here if `take`): lb's NOQUEUE PR fails with EAGAIN,
+    lb's PR queues, la's unlock grants it, lb unlocks. Returns whether the PR was granted."""
+    a, b = la.id, lb.id
+    if take:
+        ck.expect(la.lock(ta, res, "EX") == "granted", "%s: node%d EX on %s" % (label, a, res))
+    st = lb.lock(tb + "n", res, "PR", ("NOQUEUE",))
+    ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s (node%d holds EX): %s" % (label, b, res, a, st))
+    st = lb.lock(tb, res, "PR", block=False)
+    ck.expect(st == "queued", "%s: node%d PR on %s should wait for node%d's EX: %s" % (label, b, res, a, st))
+    la.unlock(ta)
+    end = time.time() + 10
+    granted = False
+    while not granted and time.time() < end:
+        granted = lb.completed(tb)
+        time.sleep(0 if granted else 0.2)
+    ck.expect(granted, "%s: node%d's PR on %s not granted after node%d's unlock" % (label, b, res, a))
+    lb.unlock(tb)
+    return granted
+
+
 def pairwise_locking(c, ck, nodes, label):
     """For every ordered pair (a, b) of `nodes`: a locks EX first on its own name (a masters it);
     b's NOQUEUE PR fails with EAGAIN, b's PR queues, a's unlock grants it. Returns the pairs done."""
@@ -2113,23 +2134,10 @@ def pairwise_locking(c, ck, nodes, label):
     done = 0
     for a in nodes:
         for b in nodes:
-            if a == b:
-                continue
-            res, ta, tb = "%s-%d-%d" % (label, a, b), "a%d%d" % (a, b), "b%d%d" % (a, b)
-            ck.expect(lk[a].lock(ta, res, "EX") == "granted", "%s: node%d EX on %s" % (label, a, res))
-            st = lk[b].lock(tb + "n", res, "PR", ("NOQUEUE",))
-            ck.expect(st == "EAGAIN", "%s: node%d NOQUEUE PR on %s (node%d holds EX): %s" % (label, b, res, a, st))
-            st = lk[b].lock(tb, res, "PR", block=False)
-            ck.expect(st == "queued", "%s: node%d PR on %s should wait for node%d's EX: %s" % (label, b, res, a, st))
-            lk[a].unlock(ta)
-            end = time.time() + 10
-            granted = False
-            while not granted and time.time() < end:
-                granted = lk[b].completed(tb)
-                time.sleep(0 if granted else 0.2)
-            ck.expect(granted, "%s: node%d's PR on %s not granted after node%d's unlock" % (label, b, res, a))
-            lk[b].unlock(tb)
-            done += 1
+            if a != b:
+                # the tags carry the label: a kernel's lock client log outlives the Lockers
+                ex_blocks(ck, lk[a], lk[b], "%s-%d-%d" % (label, a, b), "%sa%d%d" % (label, a, b), "%sb%d%d" % (label, a, b), label)
+                done += 1
     return done
 
 
@@ -2694,6 +2702,114 @@ def sc_agent_peer(c, ck):
               "peer agent did not start G2 alone:\n%s" % tail(p.agent_log))
 
 
+def peer_agent_leaves(c, ck, pid, label):
+    """SIGTERM to a `dlm-peer run --agent`: it leaves every lockspace through the agents (the
+    kernels' agents stop and restart without it), then closes with the FIN handshakes and exits.
+    Returns the seconds from the signal to its exit."""
+    import signal as _signal
+    p = c.nodes[pid]
+    c.step("SIGTERM to dlm-peer node%d (%s): it leaves through the agents, then closes with FIN" % (pid, label))
+    t0 = time.time()
+    p.proc.send_signal(_signal.SIGTERM)
+    try:
+        rc = p.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        rc = None
+    left = time.time() - t0
+    c.state.drop_proc(p.proc.pid)
+    p.proc = None
+    c.members[LS] -= {pid}
+    ck.metric("peer_leave_%s" % label, round(left, 3))
+    ck.require(rc == 0, "dlm-peer node%d did not exit cleanly after SIGTERM (rc %s):\n%s" % (pid, rc, tail(p.log)))
+    ck.expect(left < 5.0, "dlm-peer node%d took %.2f s to leave (%s)" % (pid, left, label))
+    log = open(p.log).read()
+    ck.expect("%s: leaving through the agents" % LS in log, "dlm-peer node%d: no leave through the agents:\n%s" % (pid, tail(p.log)))
+    for k in sorted(c.members[LS]):
+        if link_protocol(c, pid, k) == "3.2":
+            ck.expect("reset node %d: FIN handshake complete" % k in log,
+                      "dlm-peer node%d: no completed FIN handshake with node%d (%s)" % (pid, k, label))
+    return left
+
+
+def kernels_restarted(c, ck, kernels, members, count=1):
+    """Every kernel's agent started a change with `members` for the count-th time (G0 excepted)
+    and the kernel runs it. Returns {kernel: the agent's START line}."""
+    want = ",".join(str(m) for m in members)
+    out = {}
+    for k in kernels:
+        out[k] = agent_wait(c, k, "%s: START G[1-9][0-9]*\\.[0-9]+ members %s([^,0-9]|$)" % (LS, want), count, timeout=60)
+        check_running(c, ck, k, members)
+    return out
+
+
+def sc_agent_peer_inproc(c, ck):
+    """Two kernels with `dlm-peer agent` and the dlm-peer node 3 as `dlm-peer run --agent` (its
+    agent in its process). (a) The kernels' applications create alpha: all three start G0 with
+    [1, 2, 3] and lock against each other. (b) SIGTERM: dlm-peer leaves through the agents (the
+    kernels stop and restart with [1, 2]), then its FIN handshakes; it exits at once. (c) The same
+    command again: the new dlm-peer joins the running lockspace through the agents (the kernels
+    restart with [1, 2, 3], node 3's configfs entry created anew) while node 2 holds EX on a name whose
+    directory node becomes dlm-peer: dlm-peer's requests on it wait for that EX."""
+    k1, k2 = sorted(k.id for k in c.kernel_nodes)[:2]
+    p = c.peers[0]
+    pid = p.id
+    everyone = sorted([k1, k2, pid])
+    # (a) formation
+    for n in (k1, k2):
+        app_create(c, n)
+    for n in (k1, k2):
+        ck.metric("create_node%d" % n, app_created(c, ck, n))
+    for n in (k1, k2):
+        check_running(c, ck, n, everyone)
+    ck.require(wait_file(p.log, "joined %s" % LS, 30), "dlm-peer did not join:\n%s" % tail(p.log))
+    ck.expect("%s: START G0 members %s" % (LS, ",".join(map(str, everyone))) in open(p.log).read(),
+              "dlm-peer's agent did not start the formation G0:\n%s" % tail(p.log))
+    peer_wait_recovered(c, ck, pid, everyone, 30)
+    c.members[LS] = set(everyone)
+    for k in (k1, k2):
+        c.agent_start(k, LS)
+    ck.metric("pairs_locked", pairwise_locking(c, ck, [k1, pid], "ipa"), "")
+    # (b) the dlm-peer leaves on SIGTERM
+    peer_agent_leaves(c, ck, pid, "first")
+    kernels_restarted(c, ck, [k1, k2], [k1, k2])
+    for k in (k1, k2):
+        ck.expect("remove member %d" % pid in c.dmesg(k), "node%d dmesg lacks 'remove member %d'" % (k, pid))
+    # (c) it comes back past the formation; node 2's EX is held across the join
+    lk2, lkp = Locker(c, ck, k2), Locker(c, ck, pid)
+    res = name_with_dir(c, "ipj", everyone, pid)
+    ck.require(lk2.lock("hj", res, "EX") == "granted", "node%d EX on %s before the join" % (k2, res))
+    os.replace(p.log, p.log + ".1")
+    c.step("dlm-peer node%d starts again (same command): it joins the running %s through the agents" % (pid, LS))
+    t0 = time.time()
+    p.start()
+    p.wait_ready()
+    ck.require(wait_file(p.log, "joined %s" % LS, 60), "the new dlm-peer did not join:\n%s" % tail(p.log))
+    ck.metric("peer_rejoin", round(time.time() - t0, 3))
+    # each kernel started [1, 2] in between: node 3's configfs entry went then and is created
+    # anew now (a renew, rmdir + mkdir, is only for a member that left and came back between
+    # two starts of the same node)
+    starts = kernels_restarted(c, ck, [k1, k2], everyone)
+    for k, line in starts.items():
+        ck.expect("renew" not in line, "node%d's agent renewed a member it had dropped at its last start: %s" % (k, line))
+    for k in (k1, k2):
+        d = c.dmesg(k)
+        ck.expect(d.count("add member %d" % pid) >= 2, "node%d dmesg: no second 'add member %d'" % (k, pid))
+        ck.expect("seq mismatch" not in d, "node%d dmesg: seq mismatch after the rejoin" % k)
+    ck.metric("peer_join_recovery_ms", peer_wait_recovered(c, ck, pid, everyone, 30), "ms")
+    ls = next((l for l in peer_status(pid).get("lockspaces", []) if l.get("name") == LS), {})
+    ck.expect(ls.get("members") == everyone and ls.get("completed_recoveries", 0) >= 1,
+              "dlm-peer status after the rejoin: %s" % ls)
+    c.members[LS] = set(everyone)
+    ex_blocks(ck, lk2, lkp, res, "hj", "pj", "held across the join", take=False)
+    d = all_dumps(c, everyone, "after-join")
+    ck.expect(not dumpmod.check(d, everyone), "invariants after the join: %s" % dumpmod.check(d, everyone))
+    ck.metric("pairs_locked_after_join", pairwise_locking(c, ck, [pid, k1], "ipc"), "")
+    peer_agent_leaves(c, ck, pid, "second")
+    kernels_restarted(c, ck, [k1, k2], [k1, k2], count=2)
+    recs = read_capture(c)
+    check_fins(c, ck, recs, pid, [k1, k2])
+
+
 # ------------------------------------------------------------------ table
 @dataclass
 class Scenario:
@@ -2805,6 +2921,10 @@ SCENARIOS = [
     Scenario("agent-peer", "lab-peer.toml", sc_agent_peer,
              "two kernels and dlm-peer, each with its agent: leaves coordinated by the agents stop and restart the "
              "dlm-peer node through ls-stop/ls-start (needs dlm-peer run with those control lines)", agents=True, default=True),
+    Scenario("agent-peer-inproc", "lab-peer.toml", sc_agent_peer_inproc,
+             "two kernels with their agents and `dlm-peer run --agent`: formation, SIGTERM leaves through the agents "
+             "(FIN), the same command joins the running lockspace with a kernel's EX held across it",
+             agents=True, peer_args={3: ["--agent"]}, default=True),
     Scenario("peer-contend", "lab-peer.toml", sc_peer_contend,
              "a kernel and dlm-peer: LVB written and read both ways, cancel, conversions up and down, on resources each masters", default=True),
     *with_low("s5a-lvb-preserved", sc_s5a_lvb_preserved, "S5a",

@@ -50,14 +50,26 @@ final class EmbeddedAgent: Sendable {
     }
 
     /// A coordinated leave of every lockspace: the agents stop the other members and start them
-    /// without this node. Returns whether all of them finished within `timeout` seconds.
+    /// without this node. Returns whether all of them finished within `timeout` seconds: the
+    /// node's lockspaces are gone and its agent has announced stopped for a change without it
+    /// (the other agents wait for that before they start; on a 3.1 link, with no FIN handshake to
+    /// wait for, the process would otherwise exit before the change reaches it).
     func leaveAll(timeout: Double) -> Bool {
+        let deadline = DispatchTime.now() + timeout
         for ls in lockspaces {
             logger.info("\(ls): leaving through the agents")
             runtime.submit(.offline(lockspace: ls))
         }
         if lockspaces.isEmpty { return true }
-        return allLeft.wait(timeout: .now() + timeout) == .success
+        guard allLeft.wait(timeout: deadline) == .success else { return false }
+        let runtime = self.runtime
+        let lockspaces = self.lockspaces
+        while DispatchTime.now() < deadline {
+            let announced = try? runtime.loop.submit { lockspaces.allSatisfy { runtime.state.hasLeft($0) } }.wait()
+            if announced == true { return true }
+            usleep(20_000)
+        }
+        return false
     }
 
     func shutdown() {

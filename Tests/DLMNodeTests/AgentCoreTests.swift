@@ -453,6 +453,25 @@ struct AgentCoreTests {
         #expect(out.contains { if case .start(let p) = $0 { return p.change == g1.id && p.members.count == 3 }; return false })
     }
 
+    @Test("a leaver has left only once it announced stopped for a change without it")
+    func leaverAnnouncesBeforeLeft() {
+        var core = AgentCore(me: 3, incarnation: 3)
+        _ = core.handle(.configLoaded(lockspaces: [AgentSim.conf([1, 2, 3])], nodes: [1, 2, 3]))
+        _ = core.handle(.received(.hello(node: 1, incarnation: 1, lockspaces: []), from: 1))
+        _ = core.handle(.received(.hello(node: 2, incarnation: 2, lockspaces: []), from: 2))
+        _ = core.handle(.online(lockspace: "alpha"))
+        #expect(!core.hasLeft("alpha"))
+        _ = core.handle(.offline(lockspace: "alpha"))
+        var out = core.handle(.stopDone(lockspace: "alpha"))
+        #expect(out.contains(.finishLeave(lockspace: "alpha")))
+        #expect(!core.hasLeft("alpha"), "the others still wait for its stopped(G1)")
+        let g1 = MembershipChange(id: ChangeID(seq: 1, origin: 1), members: [AgentMember(id: 1), AgentMember(id: 2)])
+        out = core.handle(.received(.change(lockspace: "alpha", change: g1), from: 1))
+        #expect(out.contains(.send(.stopped(lockspace: "alpha", node: 3, change: g1), to: 1)))
+        #expect(core.hasLeft("alpha"))
+        #expect(core.hasLeft("unknown"))
+    }
+
     @Test("wire: every message round-trips through one JSON line")
     func wire() throws {
         let c = MembershipChange(id: ChangeID(seq: 4, origin: 2), members: [AgentMember(id: 1, weight: 2), AgentMember(id: 3)], renew: [3])

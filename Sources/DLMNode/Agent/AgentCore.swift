@@ -388,6 +388,14 @@ public struct AgentCore: Sendable {
         checkBarrier(ls, &out)
     }
 
+    /// Whether this node's leave of `ls` is over for the other agents: its lockspace is gone and it
+    /// has announced stopped(L, T) for a change T without it, the last thing the others wait for
+    /// (an agent that exits before that leaves them stopped). True for an unknown lockspace.
+    public func hasLeft(_ ls: String) -> Bool {
+        guard let state = lockspaces[ls] else { return true }
+        return state.local == .absent && !state.target.contains(me) && state.announced == state.target.id
+    }
+
     /// Who must have announced stopped(L, T) before this node starts T.
     public func required(_ state: LockspaceState) -> Set<AgentNodeID> {
         state.target.memberIDs.union(state.sinceStart).subtracting(down)
