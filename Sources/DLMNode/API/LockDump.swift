@@ -33,7 +33,8 @@ public struct LockDump: Codable, Sendable, Equatable {
         public var lvb: String?
         /// A master copy: the lock belongs to node `nodeid`.
         public var masterCopy: Bool
-        /// Who took it through the lock API ("api", "cli", "hold", "run"); nil for others.
+        /// Who took it through the lock API ("api", "cli", "hold", "run"), "orphan" for an orphan
+        /// (a PERSISTENT lock whose owner went away); nil for others.
         public var owner: String?
     }
 
@@ -125,6 +126,7 @@ public struct LockDump: Codable, Sendable, Equatable {
         self.members = members
         var views: [UInt32: LockManager.LockView] = [:]
         for v in lm.lockViews { views[v.lock.id] = v }
+        let orphans = Set(lm.orphans)
         func lock(_ e: LockEntry, queue: String) -> Lock {
             let v = views[e.id]
             return Lock(lkid: e.id, lkidHex: Self.hex8(e.id), queue: queue, grmode: Self.mode(e.grantedMode),
@@ -132,7 +134,8 @@ public struct LockDump: Codable, Sendable, Equatable {
                         exflags: Self.flagList(e.flags.rawValue, LockFlags.names),
                         sbflags: Self.flagList(e.statusFlags.rawValue, StatusBlockFlags.names),
                         waitType: v?.waitType?.rawValue ?? 0, lvbSeq: e.lvbSeq, lvb: e.lvb.map(Self.hex),
-                        masterCopy: v?.isMasterCopy ?? e.isMasterCopy, owner: owners[e.id]?.rawValue)
+                        masterCopy: v?.isMasterCopy ?? e.isMasterCopy,
+                        owner: owners[e.id]?.rawValue ?? (orphans.contains(e.id) ? "orphan" : nil))
         }
         var active: [Resource] = []
         var inactive: [Resource] = []

@@ -241,9 +241,10 @@ extension LockManager {
         }
     }
 
-    /// PURGE (§4.14): we keep no orphan locks, so there is nothing to purge.
+    /// PURGE (§4.14): release our orphans of `m_pid` (0: all); `m_nodeid` is not checked.
     mutating func receivePurge(_ message: DLMMessage, from sender: UInt32) {
-        log("purge from \(sender) for node \(message.nodeID) pid \(message.pid): no orphan locks")
+        log("purge from \(sender) for node \(message.nodeID) pid \(message.pid): \(orphans.count) orphan(s)")
+        purgeOrphans(pid: message.pid)
     }
 
     // MARK: - Owner side

@@ -135,6 +135,9 @@ public struct LockManager: Sendable {
         var parked = false
         /// The most recent call supplied a blocking callback (the owner drops BASTs otherwise, §7.3).
         var deliverBlocking = false
+        /// An orphan (`DLM_IFL_ORPHAN`): a PERSISTENT lock whose owner went away; on `orphans`, no
+        /// callbacks are delivered for it (LockManager+Orphans.swift).
+        var orphan = false
         /// The callback coalescing state (`lkb_last_cast`/`lkb_last_cb`, see `CallbackQueue`).
         var callbacks = CallbackQueue.Coalescing()
 
@@ -193,6 +196,8 @@ public struct LockManager: Sendable {
     var out: [Action] = []
     /// Recovery bookkeeping (`LockManager+Recovery.swift`).
     var recovery = LockRecoveryState()
+    /// `ls_orphans`: the orphan locks, oldest first (`LockManager+Orphans.swift`).
+    public internal(set) var orphans: [UInt32] = []
 
     var us: UInt32 { config.ourNodeID }
     var lvbLength: Int { config.lvbLength }
@@ -331,6 +336,7 @@ public struct LockManager: Sendable {
     mutating func freeLkb(_ id: UInt32) {
         guard let lkb = lkbs.removeValue(forKey: id) else { return }
         releaseID(id)
+        if lkb.orphan { orphans.removeAll { $0 == id } }
         let slot = lkb.slot
         guard rsbs.contains(slot) else {
             log("free lock \(String(id, radix: 16)): its rsb (slot \(slot)) is gone")
@@ -359,10 +365,13 @@ public struct LockManager: Sendable {
         let mode = endOfLife ? LockMode.iv : (lock?.grantedMode ?? .iv)
         let flags = lock?.statusFlags ?? []
         var tag: UInt64 = 0
+        var orphan = false
         guard lkbs.modify(id, { lkb in
+            orphan = lkb.orphan
+            if orphan { return }
             _ = lkb.callbacks.admit(.completion(status, mode: mode, flags: flags))
             tag = lkb.tag
-        }) else { return }
+        }), !orphan else { return }
         out.append(
             .completion(
                 Completion(
@@ -375,7 +384,7 @@ public struct LockManager: Sendable {
         var queued = false
         var tag: UInt64 = 0
         lkbs.modify(id) { lkb in
-            guard lkb.deliverBlocking else { return }
+            guard lkb.deliverBlocking, !lkb.orphan else { return }
             queued = lkb.callbacks.admit(.blocking(mode))
             tag = lkb.tag
         }
