@@ -262,15 +262,25 @@ public struct LockDump: Codable, Sendable, Equatable {
 }
 
 extension PeerNode {
+    /// Dumps of every lockspace, by name.
+    public func lockDumps() -> EventLoopFuture<[LockDump]> {
+        eventLoop.submit { [self] in
+            lockspaces.values.sorted { $0.name < $1.name }.map { dump($0) }
+        }
+    }
+
+    func dump(_ ls: LockspaceState) -> LockDump {
+        LockDump(lockspace: ls.name, id: ls.locks.config.lockspaceID, node: nodeID,
+                 members: ls.locks.members.map(\.nodeID), manager: ls.locks, owners: ls.api.mapValues(\.owner))
+    }
+
     /// A dump of lockspace `name`'s lock state, taken on the event loop.
     public func lockDump(lockspace name: String) -> EventLoopFuture<LockDump> {
         eventLoop.submit { [self] in
             guard let ls = lockspaceState(named: name) else {
                 throw DLMError(.einval, "not a member of lockspace \(name)")
             }
-            return LockDump(lockspace: ls.name, id: ls.locks.config.lockspaceID, node: nodeID,
-                            members: ls.locks.members.map(\.nodeID), manager: ls.locks,
-                            owners: ls.api.mapValues(\.owner))
+            return dump(ls)
         }
     }
 }
