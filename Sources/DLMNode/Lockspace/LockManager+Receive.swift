@@ -85,7 +85,8 @@ extension LockManager {
             return
         }
         if rsbs[slot].master != us {
-            if sender == directoryNode(hash: rsbs[slot].hash) {
+            // `validate_master_nodeid`: nodir never takes mastery from a request.
+            if !config.nodir && sender == directoryNode(hash: rsbs[slot].hash) {
                 rsbs[slot].master = us
             } else {
                 stub(replyType, to: sender, message, WireErrno.enotblk)

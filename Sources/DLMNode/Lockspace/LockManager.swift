@@ -58,11 +58,15 @@ public struct LockManager: Sendable {
         public var tossTime: Duration
         /// `scan_secs`: the interval of the inactive-rsb scan.
         public var scanInterval: Duration
+        /// No resource directory (`dlm_no_directory`, locking.md §3.10): the node a name hashes to
+        /// is its master; no LOOKUP or REMOVE is sent.
+        public var nodir: Bool
 
         public init(
             lockspaceID: UInt32, ourNodeID: UInt32, lvbLength: Int, protocolVersion: ProtocolVersion = .v3_2,
-            tossTime: Duration = .seconds(10), scanInterval: Duration = .seconds(5)
+            tossTime: Duration = .seconds(10), scanInterval: Duration = .seconds(5), nodir: Bool = false
         ) {
+            self.nodir = nodir
             self.lockspaceID = lockspaceID
             self.ourNodeID = ourNodeID
             self.lvbLength = lvbLength
@@ -234,14 +238,15 @@ public struct LockManager: Sendable {
     }
 
     /// §3.9.2: reap inactive rsbs older than toss_secs; a master that is not the dir node sends REMOVE.
+    /// nodir: there are no directory records and nothing is sent; inactive rsbs are simply freed.
     mutating func scanToss() {
         for slot in rsbs.slotsSortedByName {
             guard let r = rsbs.rsb(at: slot), let tossed = r.tossedAt else { continue }
             let dir = directoryNode(hash: r.hash)
-            if dir == us && r.master != us { continue }  // a directory record: never reaped by time
+            if !config.nodir && dir == us && r.master != us { continue }  // a directory record: never reaped by time
             if now < tossed + config.tossTime { continue }
             rsbs.remove(slot)
-            if r.master == us && dir != us {
+            if !config.nodir && r.master == us && dir != us {
                 send(LockMessages.remove(name: r.name, hash: r.hash, header: header()), to: dir)
                 log("remove \(printable(r.name)) → dir \(dir)")
             }
@@ -438,6 +443,7 @@ public struct LockManager: Sendable {
     mutating func findRsb<Name: Collection>(_ name: Name, _ reason: FindReason) -> FindResult where Name.Element == UInt8 {
         guard name.count <= WireLimits.maxResourceNameLength else { return .error(WireErrno.einval) }
         let hash = JHash.hash(name)
+        if config.nodir { return findRsbNodir(name, hash: hash, reason) }
         if let slot = rsbs.slot(of: name, hash: hash) {
             let r = rsbs[slot]
             if r.tossedAt == nil { return .found(slot) }
@@ -468,6 +474,29 @@ public struct LockManager: Sendable {
             guard from == dir || dir == us else { return .error(WireErrno.ebadr) }
             r.master = us
         }
+        return .found(rsbs.insert(r))
+    }
+
+    /// `find_rsb_nodir`: a new rsb's master is the node the name hashes to; an inactive rsb we do
+    /// not master answers another node's request -ENOTBLK (and is made ours if the name hashes to
+    /// us). An active rsb is returned as it is (the request path checks mastery).
+    mutating func findRsbNodir<Name: Collection>(_ name: Name, hash: UInt32, _ reason: FindReason) -> FindResult
+    where Name.Element == UInt8 {
+        let dir = directoryNode(hash: hash)
+        if let slot = rsbs.slot(of: name, hash: hash) {
+            guard rsbs[slot].tossedAt != nil else { return .found(slot) }
+            if rsbs[slot].master != us {
+                if case .received(let from) = reason {
+                    log("find_rsb \(printable(Array(name))): request from \(from), master \(rsbs[slot].master) dir \(dir)")
+                    return .error(WireErrno.enotblk)
+                }
+                if dir == us { rsbs[slot].master = us }
+            }
+            rsbs[slot].tossedAt = nil
+            return .found(slot)
+        }
+        var r = Rsb(name: Array(name), hash: hash, lvbLength: lvbLength)
+        r.master = dir
         return .found(rsbs.insert(r))
     }
 
