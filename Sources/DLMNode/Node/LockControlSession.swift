@@ -243,13 +243,7 @@ final class LockControlSession: @unchecked Sendable {
         }
         if lock.status.requestedMode != nil {
             waiting = (lock.lockspace, lock.lkid)
-            node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
-                .whenComplete { [self] _ in
-                    guard lock.status.requestedMode != nil else { return }
-                    var r = LockReply.describing(lock, status: "queued")
-                    r.event = "queued"
-                    write(r.json)
-                }
+            reportQueued(submitted)
         }
         submitted.completion.whenComplete { [self] result in
             waiting = nil
@@ -335,13 +329,7 @@ final class LockControlSession: @unchecked Sendable {
                 holdError(e)
             case .success(let submitted):
                 let lock = submitted.lock
-                node.whenQueuedOrDone(lockspace: h.lockspace, lkid: h.lkid, completion: submitted.completion)
-                    .whenComplete { [self] _ in
-                        guard lock.status.requestedMode != nil else { return }
-                        var r = LockReply.describing(lock, status: "queued")
-                        r.event = "queued"
-                        write(r.json)
-                    }
+                reportQueued(submitted)
                 submitted.completion.whenComplete { [self] outcome in
                     switch outcome {
                     case .success:
@@ -356,6 +344,19 @@ final class LockControlSession: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// A "queued" event once the request or conversion waits on the master's queue (none if it
+    /// completes first).
+    private func reportQueued(_ submitted: DLMSubmitted) {
+        let lock = submitted.lock
+        node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
+            .whenComplete { [self] _ in
+                guard lock.status.requestedMode != nil else { return }
+                var r = LockReply.describing(lock, status: "queued")
+                r.event = "queued"
+                write(r.json)
+            }
     }
 
     /// `cancel` on a hold connection: cancels the waiting conversion (its "convert_failed" follows)
