@@ -389,6 +389,7 @@ extension PeerNode {
             for (lkid, router) in ls.api.sorted(by: { $0.key < $1.key }) where router.session == session {
                 if ls.locks.isPersistent(lkid) {
                     ls.api[lkid] = nil
+                    if let tag = ls.locks.lockView(lkid)?.tag { ls.clients[tag] = nil }  // an orphan has no client
                     let result = ls.locks.orphan(lkid: lkid, now: elapsed)
                     perform(result.actions, ls)
                     router.end(DLMError(.enoent, "lock \(String(lkid, radix: 16)) was orphaned: its owner session closed"))
