@@ -245,8 +245,8 @@ struct HoldCommand: ParsableCommand {
         discussion: """
             Prints one line per event: queued, granted, each BAST ("a PR request is waiting"), \
             unlocked. While it holds the lock, lines typed on standard input act on it:
-              convert MODE [flags=F1,F2] [lvb=HEX]   convert (prints queued, then converted or
-                                                     convert_failed; the lock keeps its mode on failure)
+              convert MODE [flags=F1,F2] [lvb=HEX]   convert: queued, then converted or
+                                                     conversion failed (the mode stays)
               cancel                                 cancel the waiting conversion
               unlock [flags=...] [lvb=HEX]           release the lock and exit
             The end of standard input changes nothing: the hold goes on until interrupted. The \
