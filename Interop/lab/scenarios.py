@@ -463,6 +463,25 @@ def sc_peer_join(c, ck):
         check_fins(c, ck, recs, pid, kernels)
 
 
+def leave_and_decode(c, ck, pid, kernels):
+    """The end of a dlm-peer + two kernels scenario: the lock clients quit, dlm-peer leaves with
+    FIN, then the kernels (the second first); versions and FIN handshakes are checked on the
+    capture, and the message counts per direction from `dlm-peer decode` are returned (tshark
+    cannot type bare MSGs with a 3.2 header, which is what a 3.2 node sends to a 3.1 one)."""
+    n1, n2 = kernels[:2]
+    c.agent_quit(n1, LS)
+    c.agent_quit(n2, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, pid, kernels)
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
+    return dec.get("counts_by_direction", {})
+
+
 def sc_peer_locks(c, ck):
     """dlm-peer serves lock traffic from kernels: it masters a resource it locked first (a kernel's
     PR waits for its EX, dlm-peer gets the blocking callback, the kernel is granted after
@@ -503,19 +522,7 @@ def sc_peer_locks(c, ck):
     ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on %s held EX elsewhere: %s" % (n1, dir_res, ev["line"]))
     ev = c.agent(n2, LS, "unlock kd", wait="CAST kd ")
     ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (n2, ev["line"]))
-    c.agent_quit(n1, LS)
-    c.agent_quit(n2, LS)
-    peer_leaves(c, ck, pid)
-    leave_all(c, ck, [n2, n1])
-    recs = read_capture(c)
-    ck.counts = capture.counts_by_direction(recs)
-    check_versions(c, ck, recs)
-    check_fins(c, ck, recs, pid, kernels)
-    # Message types from dlm-peer decode: tshark cannot type bare MSGs with a 3.2 header, which
-    # is what a 3.2 node sends to a 3.1 one (dlm-peer to 5.10 here).
-    dec = run_decode(find_dlm_peer(), c.pcap)
-    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
-    counts = dec.get("counts_by_direction", {})
+    counts = leave_and_decode(c, ck, pid, kernels)
 
     def msg(a, b, t):   # the key of a DLM_MSG from a to b
         pre = "v3.2 OPTS>MSG " if link_protocol(c, a, b) == "3.2" else "v%s MSG " % protocol_of(c, a)
@@ -581,16 +588,7 @@ def sc_peer_nodir(c, ck):
               "dlm-peer's PR on %s was not granted after node%d's unlock: %s" % (pres, n1, r))
     if w.get("lkid"):
         peerctl.unlock(pid, LS, int(w["lkid"]))
-    c.agent_quit(n1, LS)
-    c.agent_quit(n2, LS)
-    peer_leaves(c, ck, pid)
-    leave_all(c, ck, [n2, n1])
-    recs = read_capture(c)
-    ck.counts = capture.counts_by_direction(recs)
-    check_versions(c, ck, recs)
-    dec = run_decode(find_dlm_peer(), c.pcap)
-    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
-    counts = dec.get("counts_by_direction", {})
+    counts = leave_and_decode(c, ck, pid, kernels)
     directory = {"%s %s" % (d, k): v for d, m in counts.items() for k, v in m.items()
                  if k.endswith(("LOOKUP", "LOOKUP_REPLY", "REMOVE"))}
     ck.expect(not directory, "capture: directory traffic in a nodir lockspace: %s" % directory)
