@@ -622,8 +622,9 @@ class Cluster:
         self.step("join %s (global id 0x%08x) on nodes %s, members %s" % (lsname, ls.global_id, nodes, members))
         t0 = time.time()
         for i in nodes:
-            self.kernel(i).bg("dlmlc join %s --id 0x%08x --timeout %d %s" % (
-                lsname, ls.global_id, timeout, self._member_args(members)), "/tmp/join-%s.log" % lsname)
+            self.kernel(i).bg("dlmlc join %s --id 0x%08x --timeout %d%s %s" % (
+                lsname, ls.global_id, timeout, " --nodir" if ls.nodir else "", self._member_args(members)),
+                "/tmp/join-%s.log" % lsname)
         res = {}
         for i in nodes:
             line = self.kernel(i).waitlog("/tmp/join-%s.log" % lsname, "JOINED|JOINFAILED|ERROR", 1, timeout + 5)

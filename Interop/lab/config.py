@@ -4,7 +4,7 @@ Schema (see Config/*.toml and Interop/README.md):
 
     [cluster]   name, transport ("tcp"|"sctp"), port
     [[node]]    id, addresses, kind ("kernel"|"peer"), kernel, weight, protocol
-    [[lockspace]] name, members, lvb_length
+    [[lockspace]] name, members, lvb_length, nodir
 
 load(path) parses and validates; errors are collected and raised together as
 ConfigError, each naming the file and the offending key.
@@ -31,7 +31,7 @@ _CLUSTER_KEYS = {"name", "transport", "port"}
 # read by `dlm-peer agent` only: passed through to the VMs' config unchanged
 _AGENT_KEYS = ("agent_port", "fence_command", "heartbeat_interval", "heartbeat_timeout")
 _NODE_KEYS = {"id", "addresses", "kind", "kernel", "weight", "protocol"}
-_LS_KEYS = {"name", "members", "lvb_length"}
+_LS_KEYS = {"name", "members", "lvb_length", "nodir"}
 
 
 class ConfigError(Exception):
@@ -66,6 +66,7 @@ class Lockspace:
     name: str
     members: list
     lvb_length: int = USER_LVB_LEN
+    nodir: bool = False
 
     @property
     def global_id(self) -> int:
@@ -283,7 +284,11 @@ def from_dict(doc: dict, path: str = "<dict>") -> Config:
                 errs.append("%s: lvb_length is %d but kernel node(s) %s are members: a lockspace made "
                             "through the kernel's device interface always has lvb_length %d"
                             % (where, lvb, kmembers, USER_LVB_LEN))
-        lss.append(Lockspace(name=lname, members=list(members), lvb_length=lvb))
+        nodir = rl.get("nodir", False)
+        if not isinstance(nodir, bool):
+            errs.append("%s: nodir %r must be true or false" % (where, nodir))
+            nodir = False
+        lss.append(Lockspace(name=lname, members=list(members), lvb_length=lvb, nodir=nodir))
     if errs:
         raise ConfigError(path, errs)
     return Config(path=path, name=name, transport=transport, port=port, nodes=nodes,
@@ -353,4 +358,6 @@ def to_toml(cfg: Config) -> str:
     for ls in cfg.lockspaces:
         out += ["", "[[lockspace]]", "name = %s" % _toml_value(ls.name),
                 "members = %s" % _toml_value(ls.members), "lvb_length = %d" % ls.lvb_length]
+        if ls.nodir:
+            out.append("nodir = true")
     return "\n".join(out) + "\n"

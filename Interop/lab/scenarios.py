@@ -463,6 +463,25 @@ def sc_peer_join(c, ck):
         check_fins(c, ck, recs, pid, kernels)
 
 
+def leave_and_decode(c, ck, pid, kernels):
+    """The end of a dlm-peer + two kernels scenario: the lock clients quit, dlm-peer leaves with
+    FIN, then the kernels (the second first); versions and FIN handshakes are checked on the
+    capture, and the message counts per direction from `dlm-peer decode` are returned (tshark
+    cannot type bare MSGs with a 3.2 header, which is what a 3.2 node sends to a 3.1 one)."""
+    n1, n2 = kernels[:2]
+    c.agent_quit(n1, LS)
+    c.agent_quit(n2, LS)
+    peer_leaves(c, ck, pid)
+    leave_all(c, ck, [n2, n1])
+    recs = read_capture(c)
+    ck.counts = capture.counts_by_direction(recs)
+    check_versions(c, ck, recs)
+    check_fins(c, ck, recs, pid, kernels)
+    dec = run_decode(find_dlm_peer(), c.pcap)
+    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
+    return dec.get("counts_by_direction", {})
+
+
 def sc_peer_locks(c, ck):
     """dlm-peer serves lock traffic from kernels: it masters a resource it locked first (a kernel's
     PR waits for its EX, dlm-peer gets the blocking callback, the kernel is granted after
@@ -503,19 +522,7 @@ def sc_peer_locks(c, ck):
     ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on %s held EX elsewhere: %s" % (n1, dir_res, ev["line"]))
     ev = c.agent(n2, LS, "unlock kd", wait="CAST kd ")
     ck.expect(ev.get("status") == "EUNLOCK", "node%d unlock: %s" % (n2, ev["line"]))
-    c.agent_quit(n1, LS)
-    c.agent_quit(n2, LS)
-    peer_leaves(c, ck, pid)
-    leave_all(c, ck, [n2, n1])
-    recs = read_capture(c)
-    ck.counts = capture.counts_by_direction(recs)
-    check_versions(c, ck, recs)
-    check_fins(c, ck, recs, pid, kernels)
-    # Message types from dlm-peer decode: tshark cannot type bare MSGs with a 3.2 header, which
-    # is what a 3.2 node sends to a 3.1 one (dlm-peer to 5.10 here).
-    dec = run_decode(find_dlm_peer(), c.pcap)
-    ck.require(dec.get("rc") == 0 and dec.get("errors") == 0, "dlm-peer decode of the capture: %s" % dec)
-    counts = dec.get("counts_by_direction", {})
+    counts = leave_and_decode(c, ck, pid, kernels)
 
     def msg(a, b, t):   # the key of a DLM_MSG from a to b
         pre = "v3.2 OPTS>MSG " if link_protocol(c, a, b) == "3.2" else "v%s MSG " % protocol_of(c, a)
@@ -529,6 +536,66 @@ def sc_peer_locks(c, ck):
     expect_at_least(ck, counts, *msg(pid, n1, "GRANT"), 1)            # after dlm-peer's unlock
     expect_at_least(ck, counts, *msg(n2, pid, "LOOKUP"), 1)           # dlm-peer as directory
     expect_at_least(ck, counts, *msg(pid, n2, "LOOKUP_REPLY"), 1)
+
+
+def sc_peer_nodir(c, ck):
+    """A nodir lockspace (locking.md §3.10; kernels get sysfs nodir=1 before their first start,
+    dlm-peer `nodir = true`): the node a name hashes to masters it and requests go straight
+    there. dlm-peer takes EX on a name that hashes to a kernel, whose NOQUEUE PR from the other
+    kernel then fails; a kernel takes EX on a name that hashes to dlm-peer, and dlm-peer's own PR
+    waits for the kernel's unlock. Neither side sends a LOOKUP, LOOKUP_REPLY, REMOVE or
+    RCOM_LOOKUP (also not in the recoveries of the leaves)."""
+    kernels = sorted(k.id for k in c.kernel_nodes)
+    pid = sorted(p.id for p in c.peers)[0]
+    n1, n2 = kernels[:2]
+    ck.require(c.cfg.lockspace(LS).nodir, "lockspace %s of %s is not nodir" % (LS, c.cfg.path))
+    members = [(i, c.cfg.node(i).weight) for i in sorted(c.cfg.lockspace(LS).members)]
+    kres = next(n for n in ("nodir-k%d" % i for i in range(200)) if directory_node(n.encode(), members) == n1)
+    pres = next(n for n in ("nodir-p%d" % i for i in range(200)) if directory_node(n.encode(), members) == pid)
+    c.join(LS)
+    c.agent_start(n1, LS)
+    c.agent_start(n2, LS)
+
+    def peer_resource(name):
+        doc = peerctl.locks_json(pid, LS)
+        return next((r for r in doc.get("resources", []) if r.get("name") == name), None)
+
+    # dlm-peer -> the kernel a name hashes to
+    ans = peerctl.lock(pid, LS, kres, "EX")
+    ck.require(ans.get("status") == "granted", "dlm-peer EX on %s (hashes to node%d): %s" % (kres, n1, ans))
+    r = peer_resource(kres)
+    ck.expect(r is not None and r.get("master") == n1, "dlm-peer: %s should be mastered by node%d: %s" % (kres, n1, r))
+    ev = c.agent(n2, LS, "lock k2 %s PR NOQUEUE" % kres, wait="CAST k2 ")
+    ck.expect(ev.get("status") == "EAGAIN", "node%d: NOQUEUE PR on %s held EX by dlm-peer: %s" % (n2, kres, ev["line"]))
+    ans = peerctl.unlock(pid, LS, int(ans["lkid"]))
+    ck.expect(ans.get("status") == "unlocked", "dlm-peer unlock of %s: %s" % (kres, ans))
+    # a kernel -> dlm-peer, which masters the name that hashes to it
+    ev = c.agent(n1, LS, "lock k1 %s EX" % pres, wait="CAST k1 ")
+    ck.expect(ev.get("status") == "OK", "node%d: EX on %s (hashes to dlm-peer): %s" % (n1, pres, ev["line"]))
+    r = peer_resource(pres)
+    ck.expect(r is not None and r.get("master") == pid and [l.get("nodeid") for l in r.get("granted", [])] == [n1],
+              "dlm-peer should master %s with node%d's EX: %s" % (pres, n1, r))
+    w = peerctl.lock(pid, LS, pres, "PR", wait=False)
+    ck.expect(w.get("status") == "queued", "dlm-peer PR on %s under node%d's EX: %s" % (pres, n1, w))
+    c.agent(n1, LS, "unlock k1", wait="CAST k1 ")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = peer_resource(pres)
+        if r and [(l.get("nodeid"), l.get("grmode")) for l in r.get("granted", [])] == [(0, "PR")]:
+            break
+        time.sleep(0.2)
+    ck.expect(r and [(l.get("nodeid"), l.get("grmode")) for l in r.get("granted", [])] == [(0, "PR")],
+              "dlm-peer's PR on %s was not granted after node%d's unlock: %s" % (pres, n1, r))
+    if w.get("lkid"):
+        peerctl.unlock(pid, LS, int(w["lkid"]))
+    counts = leave_and_decode(c, ck, pid, kernels)
+    directory = {"%s %s" % (d, k): v for d, m in counts.items() for k, v in m.items()
+                 if k.endswith(("LOOKUP", "LOOKUP_REPLY", "REMOVE"))}
+    ck.expect(not directory, "capture: directory traffic in a nodir lockspace: %s" % directory)
+    requests = {d: sum(v for k, v in m.items() if k.endswith(" REQUEST")) for d, m in counts.items()}
+    for a, b in ((pid, n1), (n1, pid)):
+        d = "%d->%d" % (a, b)
+        ck.expect(requests.get(d, 0) >= 1, "capture: no REQUEST %s (straight to the master)" % d)
 
 
 def sc_peer_bench(c, ck, count=300, rounds=3):
@@ -2860,6 +2927,8 @@ SCENARIOS = [
     Scenario("peer-locks", "lab-peer.toml", sc_peer_locks,
              "dlm-peer masters a resource kernels wait on (BAST, GRANT after its unlock) and is a directory node",
              default=True, peer_args={3: ["--lock", "alpha:res-peer:EX:3"]}),
+    Scenario("peer-nodir", "lab-peer-nodir.toml", sc_peer_nodir,
+             "a nodir lockspace: kernels and dlm-peer master the names that hash to them, no directory traffic"),
     Scenario("peer-bench", "lab-peer.toml", sc_peer_bench,
              "benchmark: a kernel's lock+unlock round trips to a kernel master next to a dlm-peer master",
              peer_args={3: ["--lock", "alpha:bench-p2:NL:0"]}),

@@ -134,6 +134,16 @@ def test_to_toml_roundtrip():
     assert [(l.name, l.members, l.lvb_length) for l in c2.lockspaces] == [("alpha", [1, 2, 7], 32)]
 
 
+def test_nodir():
+    assert not config.parse(GOOD, "d.toml").lockspaces[0].nodir
+    c = config.load_for_lab(os.path.join(REPO, "Config", "lab-peer-nodir.toml"))
+    assert c.lockspace("alpha").nodir
+    assert "nodir = true" in config.to_toml(c)
+    assert config.parse(config.to_toml(c), "n2.toml").lockspace("alpha").nodir
+    with pytest.raises(config.ConfigError, match="nodir"):
+        config.parse(config.to_toml(c).replace("nodir = true", 'nodir = "yes"'), "bad.toml")
+
+
 @pytest.mark.parametrize("name", ["lab-2node.toml", "lab-3node.toml", "lab-mixed.toml"])
 def test_shipped_configs_are_valid(name):
     c = config.load_for_lab(os.path.join(REPO, "Config", name))

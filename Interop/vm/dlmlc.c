@@ -11,9 +11,10 @@
  *
  *   dlmlc sockaddr FILE IP            one write() of a 128-byte sockaddr_storage (configfs comms addr)
  *   dlmlc gid NAME                    lockspace global id: CRC-32 of "dlm:ls:NAME\0" (dlm_controld rule)
- *   dlmlc join LS --id GID [--timeout S] NODE[:WEIGHT]...
+ *   dlmlc join LS --id GID [--timeout S] [--nodir] NODE[:WEIGHT]...
  *                                     create LS through /dev/dlm-control and answer the kernel's
- *                                     "online" uevent: id, configfs members, control=1, event_done=0
+ *                                     "online" uevent: id, [nodir=1,] configfs members, control=1,
+ *                                     event_done=0
  *   dlmlc create LS                   only the create write (blocks until someone answers the uevent)
  *   dlmlc remove LS                   only the remove write (FORCEFREE; the CM answers "offline")
  *   dlmlc leave LS [--timeout S]      remove LS (FORCEFREE), answer the "offline" uevent, rmdir configfs.
@@ -351,7 +352,7 @@ static int cmd_join(int argc, char **argv)
 {
 	const char *ls = NULL;
 	uint32_t gid = 0;
-	int have_gid = 0, timeout = 60;
+	int have_gid = 0, timeout = 60, nodir = 0;
 	struct member m[MAXNODES];
 	int n = 0;
 	char *rest[MAXNODES];
@@ -362,6 +363,8 @@ static int cmd_join(int argc, char **argv)
 			have_gid = 1;
 		} else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
 			timeout = atoi(argv[++i]);
+		} else if (!strcmp(argv[i], "--nodir")) {
+			nodir = 1;
 		} else if (!ls) {
 			ls = argv[i];
 		} else if (nrest < MAXNODES) {
@@ -369,7 +372,7 @@ static int cmd_join(int argc, char **argv)
 		}
 	}
 	if (!ls || !nrest) {
-		fprintf(stderr, "usage: dlmlc join LS [--id GID] [--timeout S] NODE[:WEIGHT]...\n");
+		fprintf(stderr, "usage: dlmlc join LS [--id GID] [--timeout S] [--nodir] NODE[:WEIGHT]...\n");
 		return 2;
 	}
 	if (!have_gid)
@@ -413,6 +416,9 @@ static int cmd_join(int argc, char **argv)
 	snprintf(v, sizeof(v), "%u", gid);
 	if (ls_write(ls, "id", v))
 		fail("join %s: writing id", ls);
+	/* dlm_controld writes nodir before the first start; it cannot be cleared */
+	if (nodir && ls_write(ls, "nodir", "1"))
+		fail("join %s: writing nodir", ls);
 	char p[256];
 	snprintf(p, sizeof(p), CFG "/spaces/%s", ls);
 	if (mkdir(p, 0755) && errno != EEXIST)

@@ -8,6 +8,6 @@ struct DLMPeer: ParsableCommand {
         subcommands: [RunCommand.self, StatusCommand.self, LsStopCommand.self, LsStartCommand.self, DecodeCommand.self,
                       ConfigCommand.self, BenchCommand.self,
                       LockCommand.self, ConvertCommand.self, UnlockCommand.self, CancelCommand.self, HoldCommand.self,
-                      LocksCommand.self,
+                      LocksCommand.self, PurgeCommand.self,
                       AgentCommand.self, ReloadCommand.self, NodeDownCommand.self, AgentStatusCommand.self])
 }

@@ -180,14 +180,28 @@ struct CancelCommand: ParsableCommand {
 struct LocksCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "locks",
-        abstract: "Dump a lockspace's resources, queues, directory records and waiters (the kernel's debugfs layout).")
+        abstract: "Dump a lockspace's resources, queues, directory records and waiters (the kernel's debugfs layout).",
+        discussion: """
+            Without a lockspace (or with --all) every lockspace of the node is dumped, in name \
+            order; --json then prints a JSON array of the dumps. Orphan locks (PERSISTENT locks \
+            whose owner went away) show owner "orphan" in the JSON.
+            """)
 
-    @Argument(help: "The lockspace.") var lockspace: String
+    @Argument(help: "The lockspace (default: every lockspace).") var lockspace: String?
+    @Flag(help: "Dump every lockspace.") var all = false
     @OptionGroup var connection: NodeConnection
+
+    func validate() throws {
+        if all && lockspace != nil { throw ValidationError("give a lockspace or --all, not both") }
+    }
 
     func run() throws {
         let reply = try ControlClient.request(ControlRequest.locks(lockspace: lockspace).line, path: try connection.path())
         let line = reply.trimmingCharacters(in: .whitespacesAndNewlines)
+        if lockspace == nil, let dumps = try? LockDump.decoder().decode([LockDump].self, from: Data(line.utf8)) {
+            if connection.json { print(line) } else { print(dumps.map(\.text).joined(separator: "\n"), terminator: "") }
+            return
+        }
         if let dump = try? LockDump.decoder().decode(LockDump.self, from: Data(line.utf8)) {
             if connection.json { print(line) } else { print(dump.text, terminator: "") }
             return
@@ -200,15 +214,47 @@ struct LocksCommand: ParsableCommand {
     }
 }
 
+struct PurgeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "purge",
+        abstract: "Release orphan locks (libdlm's dlm_ls_purge).",
+        discussion: """
+            An orphan is a lock taken with PERSISTENT (e.g. `dlm-peer hold LS RES MODE --flags \
+            PERSISTENT`) whose owner went away (the hold's connection closed); it stays granted \
+            until a request with ORPHAN in the same mode adopts it (`dlm-peer lock LS RES MODE \
+            --flags ORPHAN` or `hold ... --flags ORPHAN`) or a purge releases it (force-unlock with \
+            IVVALBLK). --pid limits the purge to the orphans of that process (0: all); \
+            --target-node sends a PURGE message to another member instead (a kernel node purges \
+            the orphans of its /dev/dlm processes).
+            """)
+
+    @Argument(help: "The lockspace.") var lockspace: String
+    @Option(help: "Purge the orphans of this process id only (0: all).") var pid: UInt32 = 0
+    @Option(help: "Purge on this member (0: the node itself).") var targetNode: UInt32 = 0
+    @OptionGroup var connection: NodeConnection
+
+    func run() throws {
+        try runLockRequest(.purge(lockspace: lockspace, nodeID: targetNode, pid: pid), connection)
+    }
+}
+
 struct HoldCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "hold",
         abstract: "Take a lock and keep it until interrupted (Ctrl-C/SIGTERM unlocks); prints blocking callbacks as they arrive.",
         discussion: """
             Prints one line per event: queued, granted, each BAST ("a PR request is waiting"), \
-            unlocked. The lock is tied to this command's control connection: if the command dies, \
-            the node releases the lock. Exit status 1 when the request fails or is cancelled \
-            before it was granted.
+            unlocked. While it holds the lock, lines typed on standard input act on it:
+              convert MODE [flags=F1,F2] [lvb=HEX]   convert: queued, then converted or
+                                                     conversion failed (the mode stays)
+              cancel                                 cancel the waiting conversion
+              unlock [flags=...] [lvb=HEX]           release the lock and exit
+            The end of standard input changes nothing: the hold goes on until interrupted. The \
+            lock belongs to this command's control connection: if the command dies, the node \
+            force-unlocks it (with IVVALBLK), except a lock requested with --flags PERSISTENT, \
+            which stays granted as an orphan (see `dlm-peer purge`). --flags ORPHAN adopts such \
+            an orphan (same resource and mode) instead of requesting a new lock. Exit status 1 \
+            when the request fails or is cancelled before it was granted.
             """)
 
     @Argument(help: "The lockspace.") var lockspace: String
@@ -234,7 +280,7 @@ struct HoldCommand: ParsableCommand {
         let channel = try ClientBootstrap(group: group)
             .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(printer) } }
             .connect(unixDomainSocketPath: path).wait()
-        let unlockLine = "unlock" + (finalLVB.map { " lvb=" + $0.map { String(format: "%02x", $0) }.joined() } ?? "") + "\n"
+        let unlockLine = HoldRequest.unlock(flags: finalLVB == nil ? [] : .valBlk, lvb: finalLVB).line + "\n"
         let signalled = NIOLockedValueBox(false)
         let sources = [SIGINT, SIGTERM].map { sig -> DispatchSourceSignal in
             signal(sig, SIG_IGN)
@@ -248,9 +294,27 @@ struct HoldCommand: ParsableCommand {
             return s
         }
         try channel.writeAndFlush(ByteBuffer(string: ControlRequest.hold(a).line + "\n")).wait()
+        Self.forwardStandardInput(to: channel)
         try channel.closeFuture.wait()
         for s in sources { s.cancel() }
         if printer.failed.withLockedValue({ $0 }) { throw ExitCode(1) }
+    }
+
+    /// Sends each line of standard input that parses as a `HoldRequest` (on a background thread);
+    /// others get an error on standard error.
+    static func forwardStandardInput(to channel: Channel) {
+        Thread.detachNewThread {
+            while let line = readLine() {
+                let text = line.trimmingCharacters(in: .whitespaces)
+                if text.isEmpty { continue }
+                do {
+                    let request = try HoldRequest.parse(text)
+                    channel.writeAndFlush(ByteBuffer(string: request.line + "\n"), promise: nil)
+                } catch {
+                    FileHandle.standardError.write(Data("error: \(error)\n".utf8))
+                }
+            }
+        }
     }
 }
 

@@ -136,6 +136,11 @@ struct AgentKernelControlTests {
             "write /sys/alpha/control 1",
         ])
         fs.clear()
+        // A nodir lockspace: nodir=1 right after the id, on the first start only.
+        try await k.start(StartPlan(lockspace: "beta", globalID: 7, change: .formation, members: [AgentMember(id: 1)],
+                                    renew: [], joining: true, nodir: true))
+        #expect(Array(fs.ops.prefix(2)) == ["write /sys/beta/id 7", "write /sys/beta/nodir 1"])
+        fs.clear()
         try await k.finishLeave("alpha")
         #expect(fs.ops == ["rmdir \(C)/spaces/alpha/nodes/1", "rmdir \(C)/spaces/alpha/nodes/3", "rmdir \(C)/spaces/alpha",
                            "write /sys/alpha/event_done 0"])

@@ -96,7 +96,7 @@ private let badConfigs: [BadConfigCase] = [
     BadConfigCase("unknown key with an alias suggestion", append: ["lvblen = 32"],
               ConfigExpected(17, 1, "unknown key \"lvblen\" in [[lockspace]]: did you mean \"lvb_length\"?")),
     BadConfigCase("unknown key without a suggestion", append: ["colour = \"blue\""],
-              ConfigExpected(17, 1, "unknown key \"colour\" in [[lockspace]]: remove it (known keys: name, members, lvb_length, flags, id, allow_custom_id)")),
+              ConfigExpected(17, 1, "unknown key \"colour\" in [[lockspace]]: remove it (known keys: name, members, lvb_length, flags, id, allow_custom_id, nodir)")),
     BadConfigCase("unknown table", [9: "[[nodes]]"],
               ConfigExpected(9, 1, "unknown key \"nodes\" at the top level: did you mean [[node]]?"),
               ConfigExpected(16, 15, "member 2 of lockspace \"alpha\" is not a node: add a [[node]] with id = 2, or remove it")),
@@ -122,6 +122,10 @@ private let badConfigs: [BadConfigCase] = [
               ConfigExpected(17, 6, "id 0x00000001 of lockspace \"alpha\" is not its global id 0x521b2683 (CRC-32 of \"dlm:ls:alpha\\0\", what dlm_controld writes): remove id, or add allow_custom_id = true to test a wrong id")),
     BadConfigCase("TIMEWARN flag", append: ["flags = 2"],
               ConfigExpected(17, 9, "flags 0x00000002 asks for TIMEWARN (0x2): \(timeouts); remove it")),
+    BadConfigCase("the old NODIR lockspace flag", append: ["flags = 1"],
+              ConfigExpected(17, 9, "flags 0x00000001 has bit 0x1 (the old DLM_LSFL_NODIR): current kernels take nodir from sysfs, not from the lockspace flags, and would see a config mismatch; remove it and write nodir = true")),
+    BadConfigCase("nodir as a string", append: ["nodir = \"yes\""],
+              ConfigExpected(17, 9, "nodir must be true or false, not a string")),
     BadConfigCase("lock timeout key", append: ["timeout = 10"],
               ConfigExpected(17, 1, "timeout in [[lockspace]] is refused: \(timeouts); remove it")),
     BadConfigCase("missing [cluster]", [1: "# no cluster", 2: ""],
@@ -209,6 +213,15 @@ struct ConfigTests {
         // An explicit id equal to the rule is accepted.
         let d = try ClusterConfig.parse(variant([15: "name = \"\(name)\""], append: ["id = \(id)"]))
         #expect(d.lockspaces[0].globalID == id && !d.lockspaces[0].hasCustomID)
+    }
+
+    @Test("nodir = true reaches the lockspace and its recovery config, not the flags")
+    func nodir() throws {
+        #expect(try ClusterConfig.parse(variant()).lockspaces.first?.nodir == false)
+        let c = try ClusterConfig.parse(variant(append: ["nodir = true"]))
+        #expect(c.lockspaces.first?.nodir == true && c.lockspaces.first?.flags == 0)
+        let rc = RecoveryConfig(config: c, lockspace: c.lockspaces[0], node: 2)
+        #expect(rc.nodir && rc.lockspaceFlags == 0)
     }
 
     @Test("allow_custom_id keeps a wrong id (for the wrong-id scenario)")

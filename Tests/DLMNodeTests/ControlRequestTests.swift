@@ -28,6 +28,9 @@ struct ControlRequestTests {
         (.unlock(lockspace: "alpha", lkid: 2, flags: .ivValBlk, lvb: nil), "unlock alpha 2 flags=IVVALBLK"),
         (.cancel(lockspace: "alpha", lkid: 3), "cancel alpha 3"),
         (.locks(lockspace: "gfs2:fs"), "locks gfs2:fs"),
+        (.locks(lockspace: nil), "locks"),
+        (.purge(lockspace: "alpha", nodeID: 0, pid: 0), "purge alpha node=0 pid=0"),
+        (.purge(lockspace: "alpha", nodeID: 3, pid: 4242), "purge alpha node=3 pid=4242"),
     ]
 
     @Test("encode → line → parse is the identity", arguments: roundTrips)
@@ -43,6 +46,8 @@ struct ControlRequestTests {
         ("unlock alpha 0000001a lvb=0XABcd", .unlock(lockspace: "alpha", lkid: 0x1a, flags: [], lvb: [0xab, 0xcd])),
         ("lock alpha r PR flags=", .lock(A(lockspace: "alpha", resource: [0x72], mode: .pr))),
         ("cancel alpha 10", .cancel(lockspace: "alpha", lkid: 16)),
+        ("purge alpha", .purge(lockspace: "alpha", nodeID: 0, pid: 0)),
+        ("purge alpha pid=7", .purge(lockspace: "alpha", nodeID: 0, pid: 7)),
     ]
 
     @Test("accepted spellings", arguments: variants)
@@ -78,8 +83,37 @@ struct ControlRequestTests {
         ("unlock alpha", "usage: unlock"),
         ("cancel alpha 1 2", "usage: cancel"),
         ("convert alpha 1", "usage: convert"),
-        ("locks", "usage: locks"),
+        ("locks a b", "usage: locks"),
+        ("purge", "usage: purge"),
+        ("purge alpha pid=x", "bad number in pid=x"),
+        ("purge alpha node=-1", "bad number in node=-1"),
+        ("purge alpha now", "unexpected word now"),
     ]
+
+    static let holdLines: [(String, HoldRequest?)] = [
+        ("convert PR", .convert(mode: .pr, flags: [], lvb: nil)),
+        ("convert ex flags=NOQUEUE,VALBLK lvb=6869", .convert(mode: .ex, flags: [.noQueue, .valBlk], lvb: [0x68, 0x69])),
+        ("cancel", .cancel),
+        ("unlock", .unlock(flags: [], lvb: nil)),
+        ("unlock lvb=01", .unlock(flags: .valBlk, lvb: [1])),
+        ("unlock flags=IVVALBLK", .unlock(flags: .ivValBlk, lvb: nil)),
+        ("convert", nil),
+        ("convert XX", nil),
+        ("convert PR nowait", nil),
+        ("cancel now", nil),
+        ("lock alpha r EX", nil),
+    ]
+
+    @Test("hold connection lines: parse, and encode back", arguments: holdLines)
+    func holdLine(_ line: String, _ expected: HoldRequest?) throws {
+        guard let expected else {
+            #expect(throws: ControlRequest.ParseError.self) { try HoldRequest.parse(line) }
+            return
+        }
+        let parsed = try HoldRequest.parse(line)
+        #expect(parsed == expected)
+        #expect(try HoldRequest.parse(parsed.line) == parsed)
+    }
 
     @Test("bad lines are refused with a clear message", arguments: badLines)
     func refused(_ line: String, _ message: String) {
@@ -93,7 +127,7 @@ struct ControlRequestTests {
 
     @Test("lock verbs go to the lock session, status and others do not")
     func dispatch() {
-        for verb in ["lock", "hold", "convert", "unlock", "cancel", "locks"] {
+        for verb in ["lock", "hold", "convert", "unlock", "cancel", "locks", "purge"] {
             #expect(LockControlSession.handles("\(verb) x"))
         }
         #expect(!LockControlSession.handles("status"))

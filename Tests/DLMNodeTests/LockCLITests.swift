@@ -19,15 +19,19 @@ enum CLI {
         private let out = NIOLockedValueBox("")
         private let err = NIOLockedValueBox("")
 
-        init(_ arguments: [String]) throws {
+        private let input: Pipe?
+
+        /// `stdin`: give the process a pipe for `send` (else /dev/null).
+        init(_ arguments: [String], stdin: Bool = false) throws {
             process = Process()
+            input = stdin ? Pipe() : nil
             process.executableURL = URL(fileURLWithPath: CLI.binary)
             process.arguments = arguments
             let o = Pipe()
             let e = Pipe()
             process.standardOutput = o
             process.standardError = e
-            process.standardInput = FileHandle.nullDevice
+            process.standardInput = input ?? FileHandle.nullDevice
             let out = self.out
             let err = self.err
             o.fileHandleForReading.readabilityHandler = { h in
@@ -39,6 +43,11 @@ enum CLI {
                 err.withLockedValue { $0 += String(decoding: d, as: UTF8.self) }
             }
             try process.run()
+        }
+
+        /// A line on the process's standard input.
+        func send(_ line: String) {
+            input?.fileHandleForWriting.write(Data((line + "\n").utf8))
         }
 
         var stdout: String { out.withLockedValue { $0 } }
@@ -151,6 +160,26 @@ struct LockCLITests {
         #expect(rc11 == 1 && err11.contains("not a member of lockspace nope"), "\(err11)")
         let (rc12, out12, _) = try await cli(["status"], node: 2)
         #expect(rc12 == 0 && out12.contains("node 2 of cluster apitest"), "\(out12)")
+
+        // hold with commands on standard input: convert, a bad line, unlock (which ends it).
+        let typed = try CLI.Child(["hold", "alpha", "cli-typed", "NL", "--control", sockets[0]], stdin: true)
+        #expect(try await eventually { typed.stdout.contains("granted NL") }, "\(typed.stdout) \(typed.stderr)")
+        typed.send("convert PW")
+        #expect(try await eventually { typed.stdout.contains("converted to PW") }, "\(typed.stdout) \(typed.stderr)")
+        typed.send("frob")
+        #expect(try await eventually { typed.stderr.contains("a hold connection accepts") }, "\(typed.stderr)")
+        // Every lockspace at once: an array with --json, the text dump otherwise.
+        let (rc13, out13, _) = try await cli(["locks", "--json"], node: 1)
+        let dumps = try LockDump.decoder().decode([LockDump].self, from: Data(out13.utf8))
+        #expect(rc13 == 0 && dumps.map(\.lockspace) == ["alpha"])
+        #expect(dumps.first?.resources.first { $0.name == "cli-typed" }?.granted.first?.grmode == "PW")
+        let (rc14, out14, _) = try await cli(["locks", "--all"], node: 1)
+        #expect(rc14 == 0 && out14.contains("lockspace alpha") && out14.contains("\"cli-typed\""), "\(out14)")
+        typed.send("unlock")
+        #expect(try await typed.exitStatus() == 0)
+        #expect(typed.stdout.contains("unlocked"), "\(typed.stdout)")
+        let (rc15, out15, _) = try await cli(["purge", "alpha"], node: 1)
+        #expect(rc15 == 0 && out15.contains("purged: 0 orphan"), "\(out15)")
 
         // Leave cleanly.
         for n in nodes { n.signal(SIGTERM) }

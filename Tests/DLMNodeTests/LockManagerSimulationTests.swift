@@ -70,13 +70,14 @@ struct LockManagerSimulationTests {
         let lvbLength = 8
         var maxAdvanceMs = 400
 
-        init(nodeCount: Int, seed: UInt64, names: Int) {
+        init(nodeCount: Int, seed: UInt64, names: Int, nodir: Bool = false) {
             ids = (1...UInt32(nodeCount)).map { $0 }
             rng = RNG(state: seed)
             self.names = (0..<names).map { Array("r\($0)".utf8) }
             let members = ids.map { LockManager.Member(nodeID: $0) }
             for id in ids {
-                nodes[id] = LockManager(.init(lockspaceID: 0x1234, ourNodeID: id, lvbLength: lvbLength), members: members)
+                nodes[id] = LockManager(.init(lockspaceID: 0x1234, ourNodeID: id, lvbLength: lvbLength, nodir: nodir),
+                                        members: members)
             }
         }
 
@@ -410,5 +411,26 @@ struct LockManagerSimulationTests {
         // With three nodes and these seeds every name ends up mastered by its own dir node (all
         // LOOKUPs are answered with REQUEST_REPLY), so no REMOVE is due; the larger clusters send them.
         if c.nodes > 3 { #expect(s.removes > 0) }
+    }
+
+    @Test("random workload in a nodir lockspace: no directory traffic, every name mastered where it hashes",
+          arguments: 0..<configurations.count)
+    func randomWorkloadNodir(_ index: Int) {
+        let c = Self.configurations[index]
+        var sim = Sim(nodeCount: c.nodes, seed: c.seed, names: c.names, nodir: true)
+        sim.maxAdvanceMs = c.advance
+        sim.run(steps: 10_000)
+        for id in sim.ids {
+            for r in sim.nodes[id]!.resourceViews where r.active {
+                #expect(r.master == sim.nodes[id]!.directoryNode(hash: r.hash), "n\(id) \(r.name) master \(r.master)")
+            }
+        }
+        sim.drain()
+        for p in sim.problems { Issue.record("\(p)") }
+        let s = sim.stats
+        #expect(s.quiescentChecks > 0 && s.calls > 0)
+        #expect(s.removes == 0 && s.redoLookups == 0)
+        #expect(s.byType["LOOKUP"] == nil && s.byType["LOOKUP_REPLY"] == nil && s.byType["REMOVE"] == nil, "\(s.byType)")
+        #expect((s.byType["REQUEST"] ?? 0) > 0)
     }
 }

@@ -108,7 +108,11 @@ final class LockRecoverySim {
     /// Every completion, in order (for scenario tests).
     var completionLog: [(tag: UInt64, completion: LockManager.Completion)] = []
 
-    init(seed: UInt64, names: Int) {
+    /// A nodir lockspace (every node's recovery and lock manager).
+    let nodir: Bool
+
+    init(seed: UInt64, names: Int, nodir: Bool = false) {
+        self.nodir = nodir
         rng = RecoveryRNG(seed: seed)
         self.names = (0..<names).map { Array("res-\($0)".utf8) }
     }
@@ -122,9 +126,9 @@ final class LockRecoverySim {
     // MARK: - Nodes and the cluster manager
 
     func makeNode(_ id: UInt32, incarnation: Int) -> SimNode {
-        let cfg = RecoveryConfig(ourNodeID: id, globalID: globalID, lvbLength: UInt32(lvbLength),
+        let cfg = RecoveryConfig(ourNodeID: id, globalID: globalID, lvbLength: UInt32(lvbLength), nodir: nodir,
                                  initialRcomID: rng.next() >> 8)
-        let lm = LockManager(.init(lockspaceID: globalID, ourNodeID: id, lvbLength: lvbLength))
+        let lm = LockManager(.init(lockspaceID: globalID, ourNodeID: id, lvbLength: lvbLength, nodir: nodir))
         return SimNode(id: id, incarnation: incarnation, machine: LockspaceRecovery(config: cfg), locks: lm)
     }
 
@@ -569,6 +573,22 @@ final class LockRecoverySim {
             let r = view.resource
             let before = lvbBefore[view.name]
             let valblk = (r.grantQueue + r.convertQueue).filter { $0.flags.contains(.valBlk) }
+            if nodir {
+                // Every root rsb gets a new master (recover_master_static), so recover_lvb rebuilds
+                // the value on every recovery and ignores a departed writer: a surviving PW/EX
+                // holder's value, else VALNOTVALID while NL/CR holders with VALBLK remain. An rsb
+                // the master first saw in this recovery's RCOM_LOCKs is on no root list: the
+                // kernel leaves its value alone (not checked).
+                guard let before, before.master == id, !valblk.isEmpty else { continue }
+                if let big = valblk.first(where: { $0.grantedMode.rawValue > LockMode.cr.rawValue }) {
+                    if r.lvb != big.lvb || r.lvbSeq != big.lvbSeq {
+                        problem("n\(id) \(String(decoding: view.name, as: UTF8.self)): nodir, LVB not taken from the \(big.grantedMode) holder")
+                    }
+                } else if !r.valueNotValid {
+                    problem("n\(id) \(String(decoding: view.name, as: UTF8.self)): nodir, only NL/CR holders, LVB not flagged VALNOTVALID")
+                }
+                continue
+            }
             if let before, before.master == id {
                 if before.departedWriter && !r.valueNotValid {
                     problem("n\(id) \(String(decoding: view.name, as: UTF8.self)): a departed PW/EX writer, "
@@ -616,6 +636,7 @@ final class LockRecoverySim {
                 problem("\(label): n\(h) believes master \(nodes[h]!.locks.resourceView(name)!.master), real \(master)")
             }
             let dir = placement.directoryNode(of: name)
+            if nodir && master != dir { problem("\(label): nodir, mastered by n\(master), hashes to n\(dir)") }
             if nodes[dir]!.locks.directory[name] != master {
                 problem("\(label): dir n\(dir) says \(String(describing: nodes[dir]!.locks.directory[name])), master \(master)")
             }

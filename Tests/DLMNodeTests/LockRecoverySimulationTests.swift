@@ -10,11 +10,13 @@ import Testing
 struct LockRecoverySimulationTests {
     /// One run: formation, then `changes` membership changes with client traffic before, during and
     /// after each; a drain at the end.
-    static func runScenarioTraced(seed: UInt64) -> LockRecoverySim { runScenario(seed: seed, changes: 10, tracing: true) }
+    static func runScenarioTraced(seed: UInt64, nodir: Bool = false) -> LockRecoverySim {
+        runScenario(seed: seed, changes: 10, tracing: true, nodir: nodir)
+    }
 
-    static func runScenario(seed: UInt64, changes: Int, tracing: Bool = false) -> LockRecoverySim {
+    static func runScenario(seed: UInt64, changes: Int, tracing: Bool = false, nodir: Bool = false) -> LockRecoverySim {
         var rng = RecoveryRNG(seed: seed ^ 0x5EED)
-        let sim = LockRecoverySim(seed: seed, names: Int.random(in: 4...12, using: &rng))
+        let sim = LockRecoverySim(seed: seed, names: Int.random(in: 4...12, using: &rng), nodir: nodir)
         sim.tracing = tracing
         let pool = UInt32(Int.random(in: 3...5, using: &rng))
         let ids = Array(1...pool)
@@ -99,17 +101,29 @@ struct LockRecoverySimulationTests {
 
     @Test("random membership changes with lock traffic keep the invariants (seeded)", arguments: 0..<6)
     func randomRuns(batch: Int) {
+        _ = Self.runBatch(batch, nodir: false)
+    }
+
+    @Test("the same in nodir lockspaces: static masters, no RCOM_LOOKUP, master copies rebuilt every recovery",
+          arguments: 0..<3)
+    func randomRunsNodir(batch: Int) {
+        let t = Self.runBatch(batch, nodir: true)
+        #expect(t.rcomLookups == 0 && t.rcomLocks > 0)
+    }
+
+    /// Eight seeded scenarios; the totals of their counters.
+    static func runBatch(_ batch: Int, nodir: Bool) -> LockRecoverySim.Stats {
         var total = LockRecoverySim.Stats()
         var runs = 0
         for i in 0..<8 {
             let seed = UInt64(batch * 100 + i) &* 0x9E37_79B9_7F4A
-            let sim = Self.runScenario(seed: seed, changes: 10)
-            #expect(sim.problems.isEmpty, "seed \(seed): \(sim.problems.prefix(6))")
+            let sim = Self.runScenario(seed: seed, changes: 10, nodir: nodir)
+            #expect(sim.problems.isEmpty, "seed \(seed) nodir \(nodir): \(sim.problems.prefix(6))")
             if !sim.problems.isEmpty {
                 // The same run again with a trace of every event, for whoever debugs it.
-                let traced = Self.runScenarioTraced(seed: seed)
+                let traced = Self.runScenarioTraced(seed: seed, nodir: nodir)
                 print("seed \(seed), last events:\n" + traced.trace.suffix(60).joined(separator: "\n"))
-                return
+                return total
             }
             runs += 1
             let s = sim.stats
@@ -133,12 +147,13 @@ struct LockRecoverySimulationTests {
             total.crashesWithTraffic += s.crashesWithTraffic
         }
         let t = total
-        print("lock recovery simulation batch \(batch): \(runs) seeds, \(t.steps) steps, \(t.changes) membership changes, "
+        print("lock recovery simulation\(nodir ? " (nodir)" : "") batch \(batch): \(runs) seeds, \(t.steps) steps, \(t.changes) membership changes, "
             + "\(t.recoveries) node recoveries (\(t.interrupted) interrupted), \(t.crashesWithTraffic) crashes with "
             + "traffic in flight, \(t.rcoms) RCOMs (\(t.rcomLookups) RCOM_LOOKUP, \(t.rcomLocks) RCOM_LOCK), \(t.messages) DLM_MSGs, \(t.calls) "
             + "client calls (\(t.accepted) accepted, \(t.completions) completions), \(t.purged) locks purged, "
             + "\(t.resends) resends, \(t.fakedUnlockCancel) unlock/cancel faked, checks: \(t.stepChecks) per-step, "
             + "\(t.lvbChecks) LVB, \(t.quiescentChecks) quiescent")
         #expect(t.recoveries > 0 && t.quiescentChecks > 0)
+        return t
     }
 }

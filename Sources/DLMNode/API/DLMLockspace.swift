@@ -1,4 +1,5 @@
 import DLMTransport
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// The lock API of one lockspace of a running `PeerNode`: libdlm's `dlm_ls_lock` / `dlm_ls_unlock`
@@ -22,13 +23,61 @@ import NIOCore
 /// Every call hops onto the node's event loop; the handle and this type are `Sendable` and may be
 /// used from any task. A call made while the lockspace is still joining waits for the join.
 /// Locks stay held until unlocked: they belong to the node, not to the task or the handle.
+///
+/// ## Owner sessions, persistent and orphan locks
+///
+/// `openSession()` returns a view whose locks belong to an owner session, as a process that opened
+/// libdlm's lockspace device owns its locks. `closeSession()` ends it the way the kernel closes the
+/// device (`dlm_clear_proc_locks`): locks whose most recent request or conversion had PERSISTENT
+/// become orphans (granted locks keep their mode and value block; a waiting request or conversion
+/// is cancelled), the others are force-unlocked with IVVALBLK. An orphan delivers no callbacks;
+/// a request with ORPHAN (and without CONVERT) adopts the oldest orphan on the resource granted in
+/// the requested mode and returns it granted at once (EAGAIN: orphans there hold other modes;
+/// ENOENT: none). `purgeOrphans` releases orphans (`dlm_ls_purge`).
 public struct DLMLockspace: Sendable {
     public let name: String
     public let node: PeerNode
+    /// The owner session of this view's new locks (nil: the node's).
+    public let session: UInt64?
 
     public init(node: PeerNode, name: String) {
         self.node = node
         self.name = name
+        self.session = nil
+    }
+
+    init(node: PeerNode, name: String, session: UInt64?) {
+        self.node = node
+        self.name = name
+        self.session = session
+    }
+
+    // MARK: - Owner sessions
+
+    /// A view of this lockspace whose new locks belong to a new owner session.
+    public func openSession() -> DLMLockspace {
+        DLMLockspace(node: node, name: name, session: DLMSessionIDs.next())
+    }
+
+    /// Ends this view's owner session: PERSISTENT locks become orphans, the others are unlocked
+    /// (FORCEUNLOCK, IVVALBLK). Returns which. EINVAL on a view without a session.
+    @discardableResult
+    public func closeSession() async throws -> DLMSessionClosed {
+        guard let session else { throw DLMError(.einval, "this view of \(name) has no owner session") }
+        return try await node.apiCloseSession(lockspace: name, session: session).get()
+    }
+
+    /// `dlm_ls_purge`: releases the orphan locks of process `pid` (0: all) on node `nodeID` (0:
+    /// this node; another member is sent a PURGE message). Returns how many of this node's
+    /// orphans were released (0 for another node).
+    @discardableResult
+    public func purgeOrphans(nodeID: UInt32 = 0, pid: UInt32 = 0) async throws -> Int {
+        try await node.apiPurge(lockspace: name, nodeID: nodeID, pid: pid).get()
+    }
+
+    /// The ids of this node's orphan locks, oldest first.
+    public func orphans() async throws -> [UInt32] {
+        try await node.eventLoop.submit { [node, name] in node.lockspaceState(named: name)?.locks.orphans ?? [] }.get()
     }
 
     // MARK: - New locks
@@ -51,7 +100,7 @@ public struct DLMLockspace: Sendable {
     public func lock(_ resource: [UInt8], mode: LockMode, flags: LockFlags = [], lvb: [UInt8]? = nil,
                      onBlocking: (@Sendable (LockMode) -> Void)? = nil) async throws -> DLMLock {
         let submitted = try await node.apiRequest(lockspace: name, resource: resource, mode: mode, flags: flags, lvb: lvb,
-                                                  owner: .api, onBlocking: onBlocking).get()
+                                                  owner: .api, session: session, onBlocking: onBlocking).get()
         try await waitCancellingOnTaskCancel(submitted)
         return submitted.lock
     }
@@ -67,7 +116,7 @@ public struct DLMLockspace: Sendable {
     public func request(_ resource: [UInt8], mode: LockMode, flags: LockFlags = [], lvb: [UInt8]? = nil,
                         onBlocking: (@Sendable (LockMode) -> Void)? = nil) async throws -> DLMLock {
         try await node.apiRequest(lockspace: name, resource: resource, mode: mode, flags: flags, lvb: lvb,
-                                  owner: .api, onBlocking: onBlocking).get().lock
+                                  owner: .api, session: session, onBlocking: onBlocking).get().lock
     }
 
     // MARK: - Conversions
@@ -129,6 +178,18 @@ public struct DLMLockspace: Sendable {
             try await submitted.completion.get()
         } onCancel: {
             node.apiCancel(lockspace: name, lkid: lkid).whenComplete { _ in }
+        }
+    }
+}
+
+/// Owner session ids, unique in the process.
+enum DLMSessionIDs {
+    private static let counter = NIOLockedValueBox<UInt64>(0)
+
+    static func next() -> UInt64 {
+        counter.withLockedValue { v in
+            v += 1
+            return v
         }
     }
 }

@@ -33,7 +33,8 @@ public struct LockDump: Codable, Sendable, Equatable {
         public var lvb: String?
         /// A master copy: the lock belongs to node `nodeid`.
         public var masterCopy: Bool
-        /// Who took it through the lock API ("api", "cli", "hold", "run"); nil for others.
+        /// Who took it through the lock API ("api", "cli", "hold", "run"), "orphan" for an orphan
+        /// (a PERSISTENT lock whose owner went away); nil for others.
         public var owner: String?
     }
 
@@ -125,6 +126,7 @@ public struct LockDump: Codable, Sendable, Equatable {
         self.members = members
         var views: [UInt32: LockManager.LockView] = [:]
         for v in lm.lockViews { views[v.lock.id] = v }
+        let orphans = Set(lm.orphans)
         func lock(_ e: LockEntry, queue: String) -> Lock {
             let v = views[e.id]
             return Lock(lkid: e.id, lkidHex: Self.hex8(e.id), queue: queue, grmode: Self.mode(e.grantedMode),
@@ -132,7 +134,8 @@ public struct LockDump: Codable, Sendable, Equatable {
                         exflags: Self.flagList(e.flags.rawValue, LockFlags.names),
                         sbflags: Self.flagList(e.statusFlags.rawValue, StatusBlockFlags.names),
                         waitType: v?.waitType?.rawValue ?? 0, lvbSeq: e.lvbSeq, lvb: e.lvb.map(Self.hex),
-                        masterCopy: v?.isMasterCopy ?? e.isMasterCopy, owner: owners[e.id]?.rawValue)
+                        masterCopy: v?.isMasterCopy ?? e.isMasterCopy,
+                        owner: owners[e.id]?.rawValue ?? (orphans.contains(e.id) ? "orphan" : nil))
         }
         var active: [Resource] = []
         var inactive: [Resource] = []
@@ -259,15 +262,25 @@ public struct LockDump: Codable, Sendable, Equatable {
 }
 
 extension PeerNode {
+    /// Dumps of every lockspace, by name.
+    public func lockDumps() -> EventLoopFuture<[LockDump]> {
+        eventLoop.submit { [self] in
+            lockspaces.values.sorted { $0.name < $1.name }.map { dump($0) }
+        }
+    }
+
+    func dump(_ ls: LockspaceState) -> LockDump {
+        LockDump(lockspace: ls.name, id: ls.locks.config.lockspaceID, node: nodeID,
+                 members: ls.locks.members.map(\.nodeID), manager: ls.locks, owners: ls.api.mapValues(\.owner))
+    }
+
     /// A dump of lockspace `name`'s lock state, taken on the event loop.
     public func lockDump(lockspace name: String) -> EventLoopFuture<LockDump> {
         eventLoop.submit { [self] in
             guard let ls = lockspaceState(named: name) else {
                 throw DLMError(.einval, "not a member of lockspace \(name)")
             }
-            return LockDump(lockspace: ls.name, id: ls.locks.config.lockspaceID, node: nodeID,
-                            members: ls.locks.members.map(\.nodeID), manager: ls.locks,
-                            owners: ls.api.mapValues(\.owner))
+            return dump(ls)
         }
     }
 }

@@ -22,6 +22,9 @@ public enum DLMLockOwner: String, Sendable, Codable {
 final class DLMLockRouter: @unchecked Sendable {
     let eventLoop: EventLoop
     let owner: DLMLockOwner
+    /// The owner session (`DLMLockspace.openSession()`, a `hold` connection) the lock belongs to;
+    /// nil: the node's.
+    var session: UInt64?
     let continuation: AsyncStream<LockMode>.Continuation
     let onBlocking: (@Sendable (LockMode) -> Void)?
     var handle: DLMLock?
@@ -34,10 +37,11 @@ final class DLMLockRouter: @unchecked Sendable {
     /// Observers of every completion (the `hold` session's event stream).
     var observers: [(LockManager.Completion) -> Void] = []
 
-    init(eventLoop: EventLoop, owner: DLMLockOwner, continuation: AsyncStream<LockMode>.Continuation,
+    init(eventLoop: EventLoop, owner: DLMLockOwner, session: UInt64?, continuation: AsyncStream<LockMode>.Continuation,
          onBlocking: (@Sendable (LockMode) -> Void)?) {
         self.eventLoop = eventLoop
         self.owner = owner
+        self.session = session
         self.continuation = continuation
         self.onBlocking = onBlocking
     }
@@ -117,6 +121,12 @@ final class DLMLockRouter: @unchecked Sendable {
     }
 }
 
+/// What closing an owner session did: the lock ids it orphaned and those it unlocked.
+public struct DLMSessionClosed: Sendable, Equatable {
+    public var orphaned: [UInt32] = []
+    public var unlocked: [UInt32] = []
+}
+
 /// A request or conversion the lock manager accepted, and the future of its completion.
 struct DLMSubmitted: Sendable {
     var lock: DLMLock
@@ -166,30 +176,29 @@ extension PeerNode {
         throw DLMError(.enoent, "no lock \(String(lkid, radix: 16)) in lockspace \(ls.name)")
     }
 
-    /// `dlm_lock` for a new lock: accepted → the handle and the future of its completion.
+    /// `dlm_lock` for a new lock: accepted → the handle and the future of its completion. With
+    /// ORPHAN (and not CONVERT) the request adopts an orphan instead (`adopt`).
     func apiRequest(lockspace: String, resource: [UInt8], mode: LockMode, flags: LockFlags, lvb: [UInt8]?,
-                    owner: DLMLockOwner, onBlocking: (@Sendable (LockMode) -> Void)?) -> EventLoopFuture<DLMSubmitted> {
+                    owner: DLMLockOwner, session: UInt64? = nil, onBlocking: (@Sendable (LockMode) -> Void)?)
+        -> EventLoopFuture<DLMSubmitted>
+    {
         onJoined(lockspace) { [self] ls in
             guard !resource.isEmpty, resource.count <= WireLimits.maxResourceNameLength else {
                 throw DLMError(.einval, "a resource name has 1...\(WireLimits.maxResourceNameLength) bytes, not \(resource.count)")
             }
             guard mode != .iv else { throw DLMError(.einval, "mode IV cannot be requested") }
             try checkLVB(lvb, ls)
+            let (router, tag, stream) = newRouter(ls, resource: resource, owner: owner, session: session, onBlocking: onBlocking)
+            if flags.contains(.orphan) && !flags.contains(.convert) {
+                return try adopt(ls, resource: resource, mode: mode, flags: flags, router: router, tag: tag, stream: stream)
+            }
             // VALBLK without a buffer: give the lock a zeroed one (libdlm requires sb_lvbptr).
             let buffer = lvb ?? (flags.contains(.valBlk) ? [] : nil)
-            let (stream, continuation) = AsyncStream<LockMode>.makeStream(bufferingPolicy: .bufferingNewest(64))
-            let router = DLMLockRouter(eventLoop: eventLoop, owner: owner, continuation: continuation, onBlocking: onBlocking)
-            let tag = nextTag
-            nextTag += 1
-            ls.clients[tag] = LocalLock(
-                name: String(decoding: resource, as: UTF8.self),
-                onCompletion: { [weak ls] c in if let ls { router.completed(c, in: ls) } },
-                onBlocking: { mode in router.blocking(mode) })
             let result = ls.locks.lock(name: resource, mode: mode, flags: flags, lvb: buffer, pid: UInt32(getpid()),
                                        tag: tag, now: elapsed)
             if let error = result.error {
                 ls.clients[tag] = nil
-                continuation.finish()
+                router.continuation.finish()
                 perform(result.actions, ls)
                 throw DLMError(error, "lock \(String(decoding: resource, as: UTF8.self)) \(mode): \(DLMLockRouter.describe(error))")
                     ?? DLMError(.eproto)
@@ -204,6 +213,51 @@ extension PeerNode {
             perform(result.actions, ls)
             return eventLoop.makeSucceededFuture(DLMSubmitted(lock: handle, completion: promise.futureResult))
         }
+    }
+
+    /// A router for a new API lock, registered as the client of a fresh tag.
+    private func newRouter(_ ls: LockspaceState, resource: [UInt8], owner: DLMLockOwner, session: UInt64?,
+                           onBlocking: (@Sendable (LockMode) -> Void)?) -> (DLMLockRouter, UInt64, AsyncStream<LockMode>) {
+        let (stream, continuation) = AsyncStream<LockMode>.makeStream(bufferingPolicy: .bufferingNewest(64))
+        let router = DLMLockRouter(eventLoop: eventLoop, owner: owner, session: session, continuation: continuation,
+                                   onBlocking: onBlocking)
+        let tag = nextTag
+        nextTag += 1
+        ls.clients[tag] = LocalLock(
+            name: String(decoding: resource, as: UTF8.self),
+            onCompletion: { [weak ls] c in if let ls { router.completed(c, in: ls) } },
+            onBlocking: { mode in router.blocking(mode) })
+        return (router, tag, stream)
+    }
+
+    /// `dlm_user_adopt_orphan`: the orphan on `resource` granted in `mode` becomes this router's
+    /// lock; its completion is "granted" at once, with the lock's value block (the kernel returns
+    /// the lock id from the write and queues no callback). EAGAIN: orphans on the resource exist
+    /// only in other modes; ENOENT: none.
+    private func adopt(_ ls: LockspaceState, resource: [UInt8], mode: LockMode, flags: LockFlags, router: DLMLockRouter,
+                       tag: UInt64, stream: AsyncStream<LockMode>) throws -> EventLoopFuture<DLMSubmitted> {
+        let result = ls.locks.adoptOrphan(name: resource, mode: mode, flags: flags, pid: UInt32(getpid()), tag: tag,
+                                          now: elapsed)
+        perform(result.actions, ls)
+        guard result.error == nil, let view = ls.locks.lockView(result.lkid) else {
+            ls.clients[tag] = nil
+            router.continuation.finish()
+            let name = String(decoding: resource, as: UTF8.self)
+            switch result.error {
+            case .wouldBlock?: throw DLMError(.eagain, "adopt \(name) \(mode): the orphans on \(name) hold other modes")
+            default: throw DLMError(.enoent, "adopt \(name) \(mode): no orphan lock on \(name)")
+            }
+        }
+        let handle = DLMLock(lockspace: ls.name, resource: resource, lkid: result.lkid, requested: mode,
+                             lvb: view.lock.lvb, blockingCallbacks: stream)
+        let c = LockManager.Completion(tag: tag, lkid: result.lkid, status: .granted, mode: view.lock.grantedMode,
+                                       statusFlags: view.lock.statusFlags, lvb: view.lock.lvb, endOfLife: false)
+        let completion = eventLoop.makeSucceededFuture(c)
+        handle.started(mode, completion: completion, lvb: nil)
+        handle.completed(c)
+        router.handle = handle
+        ls.api[result.lkid] = router
+        return eventLoop.makeSucceededFuture(DLMSubmitted(lock: handle, completion: completion))
     }
 
     /// `dlm_lock` with CONVERT on an API lock.
@@ -322,6 +376,42 @@ extension PeerNode {
         }
         eventLoop.scheduleTask(in: .milliseconds(delay)) { [self] in
             pollQueued(lockspace: lockspace, lkid: lkid, promise, done, delay: min(delay * 2, 100))
+        }
+    }
+
+    /// The owner session `session` ends (`dlm_clear_proc_locks`): its PERSISTENT locks become
+    /// orphans (their handles end; `DLMLockspace` requests with ORPHAN adopt them), the others are
+    /// force-unlocked with IVVALBLK, as the kernel does when a process closes the lockspace device.
+    func apiCloseSession(lockspace: String, session: UInt64) -> EventLoopFuture<DLMSessionClosed> {
+        onJoined(lockspace) { [self] ls in
+            var closed = DLMSessionClosed()
+            var unlocks: [EventLoopFuture<LockManager.Completion>] = []
+            for (lkid, router) in ls.api.sorted(by: { $0.key < $1.key }) where router.session == session {
+                if ls.locks.isPersistent(lkid) {
+                    ls.api[lkid] = nil
+                    if let tag = ls.locks.lockView(lkid)?.tag { ls.clients[tag] = nil }  // an orphan has no client
+                    let result = ls.locks.orphan(lkid: lkid, now: elapsed)
+                    perform(result.actions, ls)
+                    router.end(DLMError(.enoent, "lock \(String(lkid, radix: 16)) was orphaned: its owner session closed"))
+                    closed.orphaned.append(lkid)
+                } else {
+                    closed.unlocked.append(lkid)
+                    unlocks.append(apiUnlock(lockspace: lockspace, lkid: lkid, flags: [.forceUnlock, .ivValBlk], lvb: nil))
+                }
+            }
+            return EventLoopFuture.whenAllComplete(unlocks, on: eventLoop).map { _ in closed }
+        }
+    }
+
+    /// `dlm_user_purge`: release the orphans of process `pid` (0: all) of node `nodeID` (0: this
+    /// node; another member gets a PURGE message).
+    func apiPurge(lockspace: String, nodeID: UInt32, pid: UInt32) -> EventLoopFuture<Int> {
+        onJoined(lockspace) { [self] ls in
+            let before = ls.locks.orphans.count
+            let result = ls.locks.purge(nodeID: nodeID, pid: pid, now: elapsed)
+            perform(result.actions, ls)
+            if result.error != nil { throw DLMError(.einval, "node \(nodeID) is not a member of \(ls.name)") }
+            return eventLoop.makeSucceededFuture(before - ls.locks.orphans.count)
         }
     }
 

@@ -419,7 +419,7 @@ public struct AgentCore: Sendable {
         let renew = t.memberIDs.intersection(previous).intersection(state.removedSinceStart).subtracting([me])
         let joining = state.local == .joining
         out.append(.start(StartPlan(lockspace: ls, globalID: state.globalID, change: t.id, members: t.members,
-                                    renew: renew.sorted(), joining: joining)))
+                                    renew: renew.sorted(), joining: joining, nodir: configured[ls]?.nodir ?? false)))
         state.local = .running
         state.started = t
         state.removedSinceStart = []

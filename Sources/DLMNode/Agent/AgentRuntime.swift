@@ -86,7 +86,8 @@ public final class AgentRuntime: @unchecked Sendable {
     static func configured(_ config: ClusterConfig) -> [ConfiguredLockspace] {
         config.lockspaces.map { ls in
             ConfiguredLockspace(name: ls.name, globalID: ls.globalID,
-                                members: config.weightedMembers(of: ls).map { AgentMember(id: $0.nodeID, weight: $0.weight) })
+                                members: config.weightedMembers(of: ls).map { AgentMember(id: $0.nodeID, weight: $0.weight) },
+                                nodir: ls.nodir)
         }
     }
 

@@ -74,15 +74,18 @@ public struct StartPlan: Hashable, Sendable {
     public var renew: [AgentNodeID]
     /// First start after the `online` uevent: write `id` before and `event_done`=0 after.
     public var joining: Bool
+    /// A nodir lockspace: the first start writes sysfs `nodir`=1 after `id`.
+    public var nodir: Bool
 
     public init(lockspace: String, globalID: UInt32, change: ChangeID, members: [AgentMember],
-                renew: [AgentNodeID], joining: Bool) {
+                renew: [AgentNodeID], joining: Bool, nodir: Bool = false) {
         self.lockspace = lockspace
         self.globalID = globalID
         self.change = change
         self.members = members
         self.renew = renew
         self.joining = joining
+        self.nodir = nodir
     }
 }
 
@@ -151,11 +154,14 @@ public struct ConfiguredLockspace: Hashable, Sendable {
     public var name: String
     public var globalID: UInt32
     public var members: [AgentMember]
+    /// No resource directory (sysfs `nodir`).
+    public var nodir: Bool
 
-    public init(name: String, globalID: UInt32, members: [AgentMember]) {
+    public init(name: String, globalID: UInt32, members: [AgentMember], nodir: Bool = false) {
         self.name = name
         self.globalID = globalID
         self.members = members.sorted()
+        self.nodir = nodir
     }
 }
 

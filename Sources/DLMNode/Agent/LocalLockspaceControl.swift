@@ -182,6 +182,8 @@ public struct KernelLockspaceControl: LocalLockspaceControl {
         try await blocking {
             let ls = plan.lockspace
             if plan.joining { try fs.write("\(sysfs)/\(ls)/id", "\(plan.globalID)") }
+            // dlm_controld's order: nodir before the first start (it cannot be cleared).
+            if plan.joining && plan.nodir { try fs.write("\(sysfs)/\(ls)/nodir", "1") }
             let space = "\(cluster)/spaces/\(ls)"
             if !fs.exists(space) { try fs.mkdir(space) }
             let wanted = Set(plan.members.map(\.id))

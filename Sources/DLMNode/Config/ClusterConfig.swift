@@ -86,14 +86,18 @@ public struct ClusterConfig: Hashable, Sendable {
         public var lvbLength: Int
         /// `ls_exflags` (`rf_lsflags`); always 0 today.
         public var flags: UInt32
+        /// No resource directory (sysfs `nodir`, dlm_controld's `nodir=1`): every member must agree;
+        /// current kernels neither exchange nor compare it.
+        public var nodir: Bool
 
         public init(name: String, globalID: UInt32? = nil, members: [UInt32], lvbLength: Int = 32,
-                    flags: UInt32 = 0) {
+                    flags: UInt32 = 0, nodir: Bool = false) {
             self.name = name
             self.globalID = globalID ?? lockspaceGlobalID(name)
             self.members = members
             self.lvbLength = lvbLength
             self.flags = flags
+            self.nodir = nodir
         }
 
         /// Whether `globalID` deviates from what dlm_controld computes (a test of a wrong id).

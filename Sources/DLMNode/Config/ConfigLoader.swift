@@ -63,7 +63,7 @@ enum ConfigSchema {
     static let root = ["cluster", "node", "lockspace"]
     static let cluster = ["name", "transport", "port", "agent_port", "fence_command", "heartbeat_interval", "heartbeat_timeout"]
     static let node = ["id", "addresses", "kind", "weight", "protocol", "kernel"]
-    static let lockspace = ["name", "members", "lvb_length", "flags", "id", "allow_custom_id"]
+    static let lockspace = ["name", "members", "lvb_length", "flags", "id", "allow_custom_id", "nodir"]
 
     /// Names people write for a known key that edit distance does not catch.
     static let aliases: [String: String] = [
@@ -83,7 +83,6 @@ enum ConfigSchema {
         for k in ["timeout", "timewarn", "timewarn_cs", "lock_timeout", "lkf_timeout", "timeout_cs"] {
             r[k] = timeouts
         }
-        r["nodir"] = "nodir lockspaces are not supported yet (every member must agree and the kernel never checks it)"
         return r
     }()
 
@@ -545,6 +544,10 @@ struct ConfigLoader {
                 }
             }
 
+            // nodir
+            var nodir = false
+            if case .value(let b) = boolean(s, "nodir") { nodir = b }
+
             // id, allow_custom_id
             var allowCustom = false
             if case .value(let b) = boolean(s, "allow_custom_id") { allowCustom = b }
@@ -572,7 +575,7 @@ struct ConfigLoader {
 
             if valid {
                 result.append(ClusterConfig.Lockspace(name: name, globalID: globalID, members: members,
-                                                      lvbLength: lvb, flags: flags))
+                                                      lvbLength: lvb, flags: flags, nodir: nodir))
             }
         }
         return result
@@ -588,7 +591,7 @@ struct ConfigLoader {
             return "flags \(hex32(UInt32(f))) asks for TIMEWARN (0x2): lock timeouts (TIMEOUT/TIMEWARN) are not offered by dlm-peer (deprecated in 6.1 and removed from newer kernels); remove it"
         }
         if f & 0x1 != 0 {
-            return "flags \(hex32(UInt32(f))) has bit 0x1 (the old NODIR): nodir lockspaces are not supported yet; remove it"
+            return "flags \(hex32(UInt32(f))) has bit 0x1 (the old DLM_LSFL_NODIR): current kernels take nodir from sysfs, not from the lockspace flags, and would see a config mismatch; remove it and write nodir = true"
         }
         if f & 0x1C != 0 {
             return "flags \(hex32(UInt32(f))) has creation-only bits (FS 0x4, NEWEXCL 0x8, SOFTIRQ 0x10) that never reach ls_exflags; remove them"

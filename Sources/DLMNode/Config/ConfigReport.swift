@@ -62,6 +62,7 @@ public struct ConfigReport: Sendable {
             var line = "  " + Self.pad(ls.name, nameWidth) + "  id \(Self.hex(ls.globalID))"
             if ls.hasCustomID { line += " (custom; the CRC rule gives \(Self.hex(lockspaceGlobalID(ls.name))))" }
             line += "  members \(ls.members.map(String.init).joined(separator: ","))  lvb_length \(ls.lvbLength)  flags \(ls.flags)"
+            if ls.nodir { line += "  nodir" }
             out.append(line)
             out.append("  " + String(repeating: " ", count: nameWidth) + "  directory nodes " + Self.arrayText(c.directoryNodes(of: ls)))
         }
@@ -145,6 +146,7 @@ public struct ConfigReport: Sendable {
         var members: [UInt32]
         var lvb_length: Int
         var flags: UInt32
+        var nodir: Bool
         var directory_nodes: [UInt32]
     }
 
@@ -209,7 +211,7 @@ public struct ConfigReport: Sendable {
         r.lockspaces = c.lockspaces.map { ls in
             JSONLockspace(name: ls.name, global_id: ls.globalID, global_id_hex: Self.hex(ls.globalID),
                           custom_id: ls.hasCustomID, members: ls.members, lvb_length: ls.lvbLength,
-                          flags: ls.flags, directory_nodes: c.directoryNodes(of: ls))
+                          flags: ls.flags, nodir: ls.nodir, directory_nodes: c.directoryNodes(of: ls))
         }
         if let nodeID, let n = c.node(nodeID) {
             let peers = c.peers(of: n.id).map { p in

@@ -85,7 +85,8 @@ extension LockManager {
             return
         }
         if rsbs[slot].master != us {
-            if sender == directoryNode(hash: rsbs[slot].hash) {
+            // `validate_master_nodeid`: nodir never takes mastery from a request.
+            if !config.nodir && sender == directoryNode(hash: rsbs[slot].hash) {
                 rsbs[slot].master = us
             } else {
                 stub(replyType, to: sender, message, WireErrno.enotblk)
@@ -241,9 +242,10 @@ extension LockManager {
         }
     }
 
-    /// PURGE (§4.14): we keep no orphan locks, so there is nothing to purge.
+    /// PURGE (§4.14): release our orphans of `m_pid` (0: all); `m_nodeid` is not checked.
     mutating func receivePurge(_ message: DLMMessage, from sender: UInt32) {
-        log("purge from \(sender) for node \(message.nodeID) pid \(message.pid): no orphan locks")
+        log("purge from \(sender) for node \(message.nodeID) pid \(message.pid): \(orphans.count) orphan(s)")
+        purgeOrphans(pid: message.pid)
     }
 
     // MARK: - Owner side

@@ -406,7 +406,20 @@ extension LockManager {
         if let existing = rsbs[slot].resource.allLocks.first(where: {
             recoveryIsMasterCopy($0.id) && $0.nodeID == owner && $0.remoteID == lock.lkid
         }) {
-            return (WireErrno.eexist, existing.id)
+            if context.nodir && recovery.masterCopySeq[existing.id] != context.seq {
+                // nodir: every master copy older than this recovery is purged (R7.2), so rebuild it
+                // from the owner's state now, as when the purge ran first. (The kernel answers
+                // -EEXIST and keeps the old copy if the RCOM_LOCK wins that race; with the held
+                // messages all dropped in nodir, a GRANT in flight then leaves the copies apart.)
+                rsbs[slot].refs += 1  // the rsb (and its value) stays while the copy is replaced
+                freeLkb(existing.id)
+                rsbs[slot].refs -= 1
+                recovery.masterCopySeq[existing.id] = nil
+            } else {
+                // Tagged with this recovery (the kernel's `out_remid`).
+                recovery.masterCopySeq[existing.id] = context.seq
+                return (WireErrno.eexist, existing.id)
+            }
         }
         guard let granted = LockMode(rawValue: Int32(lock.grmode)), let requested = LockMode(rawValue: Int32(lock.rqmode)),
               var status = LockStatus(rawValue: Int32(lock.status)), node != us

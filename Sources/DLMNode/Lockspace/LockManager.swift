@@ -58,11 +58,15 @@ public struct LockManager: Sendable {
         public var tossTime: Duration
         /// `scan_secs`: the interval of the inactive-rsb scan.
         public var scanInterval: Duration
+        /// No resource directory (`dlm_no_directory`, locking.md §3.10): the node a name hashes to
+        /// is its master; no LOOKUP or REMOVE is sent.
+        public var nodir: Bool
 
         public init(
             lockspaceID: UInt32, ourNodeID: UInt32, lvbLength: Int, protocolVersion: ProtocolVersion = .v3_2,
-            tossTime: Duration = .seconds(10), scanInterval: Duration = .seconds(5)
+            tossTime: Duration = .seconds(10), scanInterval: Duration = .seconds(5), nodir: Bool = false
         ) {
+            self.nodir = nodir
             self.lockspaceID = lockspaceID
             self.ourNodeID = ourNodeID
             self.lvbLength = lvbLength
@@ -135,6 +139,9 @@ public struct LockManager: Sendable {
         var parked = false
         /// The most recent call supplied a blocking callback (the owner drops BASTs otherwise, §7.3).
         var deliverBlocking = false
+        /// An orphan (`DLM_IFL_ORPHAN`): a PERSISTENT lock whose owner went away; on `orphans`, no
+        /// callbacks are delivered for it (LockManager+Orphans.swift).
+        var orphan = false
         /// The callback coalescing state (`lkb_last_cast`/`lkb_last_cb`, see `CallbackQueue`).
         var callbacks = CallbackQueue.Coalescing()
 
@@ -200,6 +207,8 @@ public struct LockManager: Sendable {
     var out: [Action] = []
     /// Recovery bookkeeping (`LockManager+Recovery.swift`).
     var recovery = LockRecoveryState()
+    /// `ls_orphans`: the orphan locks, oldest first (`LockManager+Orphans.swift`).
+    public internal(set) var orphans: [UInt32] = []
 
     var us: UInt32 { config.ourNodeID }
     var lvbLength: Int { config.lvbLength }
@@ -236,6 +245,7 @@ public struct LockManager: Sendable {
     }
 
     /// §3.9.2: reap inactive rsbs older than toss_secs; a master that is not the dir node sends REMOVE.
+    /// nodir: there are no directory records and nothing is sent; inactive rsbs are simply freed.
     mutating func scanToss() {
         // Only the inactive rsbs tossed long enough ago are sorted (not every rsb on every scan:
         // with 100k active resources that sort dominated an idle node).
@@ -243,9 +253,9 @@ public struct LockManager: Sendable {
         for slot in sortedByName(expired) {
             guard let r = rsbs.rsb(at: slot) else { continue }
             let dir = directoryNode(hash: r.hash)
-            if dir == us && r.master != us { continue }  // a directory record: never reaped by time
+            if !config.nodir && dir == us && r.master != us { continue }  // a directory record: never reaped by time
             rsbs.remove(slot)
-            if r.master == us && dir != us {
+            if !config.nodir && r.master == us && dir != us {
                 send(LockMessages.remove(name: r.name, hash: r.hash, header: header()), to: dir)
                 log("remove \(printable(r.name)) → dir \(dir)")
             }
@@ -340,6 +350,7 @@ public struct LockManager: Sendable {
     mutating func freeLkb(_ id: UInt32) {
         guard let lkb = lkbs.removeValue(forKey: id) else { return }
         releaseID(id)
+        if lkb.orphan { orphans.removeAll { $0 == id } }
         let slot = lkb.slot
         guard rsbs.contains(slot) else {
             log("free lock \(String(id, radix: 16)): its rsb (slot \(slot)) is gone")
@@ -368,10 +379,13 @@ public struct LockManager: Sendable {
         let mode = endOfLife ? LockMode.iv : (lock?.grantedMode ?? .iv)
         let flags = lock?.statusFlags ?? []
         var tag: UInt64 = 0
+        var orphan = false
         guard lkbs.modify(id, { lkb in
+            orphan = lkb.orphan
+            if orphan { return }
             _ = lkb.callbacks.admit(.completion(status, mode: mode, flags: flags))
             tag = lkb.tag
-        }) else { return }
+        }), !orphan else { return }
         out.append(
             .completion(
                 Completion(
@@ -384,7 +398,7 @@ public struct LockManager: Sendable {
         var queued = false
         var tag: UInt64 = 0
         lkbs.modify(id) { lkb in
-            guard lkb.deliverBlocking else { return }
+            guard lkb.deliverBlocking, !lkb.orphan else { return }
             queued = lkb.callbacks.admit(.blocking(mode))
             tag = lkb.tag
         }
@@ -438,6 +452,7 @@ public struct LockManager: Sendable {
     mutating func findRsb<Name: Collection>(_ name: Name, _ reason: FindReason) -> FindResult where Name.Element == UInt8 {
         guard name.count <= WireLimits.maxResourceNameLength else { return .error(WireErrno.einval) }
         let hash = JHash.hash(name)
+        if config.nodir { return findRsbNodir(name, hash: hash, reason) }
         if let slot = rsbs.slot(of: name, hash: hash) {
             let r = rsbs[slot]
             if r.tossedAt == nil { return .found(slot) }
@@ -468,6 +483,29 @@ public struct LockManager: Sendable {
             guard from == dir || dir == us else { return .error(WireErrno.ebadr) }
             r.master = us
         }
+        return .found(rsbs.insert(r))
+    }
+
+    /// `find_rsb_nodir`: a new rsb's master is the node the name hashes to; an inactive rsb we do
+    /// not master answers another node's request -ENOTBLK (and is made ours if the name hashes to
+    /// us). An active rsb is returned as it is (the request path checks mastery).
+    mutating func findRsbNodir<Name: Collection>(_ name: Name, hash: UInt32, _ reason: FindReason) -> FindResult
+    where Name.Element == UInt8 {
+        let dir = directoryNode(hash: hash)
+        if let slot = rsbs.slot(of: name, hash: hash) {
+            guard rsbs[slot].tossedAt != nil else { return .found(slot) }
+            if rsbs[slot].master != us {
+                if case .received(let from) = reason {
+                    log("find_rsb \(printable(Array(name))): request from \(from), master \(rsbs[slot].master) dir \(dir)")
+                    return .error(WireErrno.enotblk)
+                }
+                if dir == us { rsbs[slot].master = us }
+            }
+            rsbs[slot].tossedAt = nil
+            return .found(slot)
+        }
+        var r = Rsb(name: Array(name), hash: hash, lvbLength: lvbLength)
+        r.master = dir
         return .found(rsbs.insert(r))
     }
 

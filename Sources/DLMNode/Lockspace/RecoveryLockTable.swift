@@ -287,8 +287,11 @@ public struct RecoveryLockTable: RecoveryLockState, Sendable {
             if resources[name] == nil { resources[name] = Rsb(name: name, master: ourNodeID) }
         }
         guard var r = resources[name] else { return (-53, 0) }
-        if let existing = r.locks.first(where: { $0.isMasterCopy && $0.owner == node && $0.remoteID == lock.lkid }) {
-            return (-17, existing.id)
+        if let i = r.locks.firstIndex(where: { $0.isMasterCopy && $0.owner == node && $0.remoteID == lock.lkid }) {
+            // Tagged with this recovery (the kernel's `out_remid`): a nodir purge keeps it.
+            r.locks[i].recoverSeq = context.seq
+            resources[name] = r
+            return (-17, r.locks[i].id)
         }
         var value: [UInt8]?
         if lock.exflags & Self.valblk != 0 {

@@ -12,8 +12,12 @@ import Foundation
 /// convert LS LKID MODE [flags=...] [lvb=HEX] [nowait]
 /// unlock LS LKID [flags=VALBLK,IVVALBLK,FORCEUNLOCK] [lvb=HEX]
 /// cancel LS LKID
-/// locks LS
+/// locks [LS]                                      (no LS: every lockspace, a JSON array)
+/// purge LS [node=ID] [pid=PID]                    (release orphan locks; node 0/absent = this node)
 /// ```
+///
+/// A `hold` connection then accepts lines for its lock: `convert MODE [flags=...] [lvb=HEX]`,
+/// `cancel` and `unlock [flags=...] [lvb=HEX]` (`HoldRequest`).
 ///
 /// MODE is NL, CR, CW, PR, PW or EX; flag names are the kernel's `DLM_LKF_*` without the prefix,
 /// any case. The answer is one JSON line (`LockReply`, `NodeStatus` or `LockDump`).
@@ -24,7 +28,10 @@ public enum ControlRequest: Equatable, Sendable {
     case convert(lockspace: String, lkid: UInt32, mode: LockMode, flags: LockFlags, lvb: [UInt8]?, wait: Bool)
     case unlock(lockspace: String, lkid: UInt32, flags: LockFlags, lvb: [UInt8]?)
     case cancel(lockspace: String, lkid: UInt32)
-    case locks(lockspace: String)
+    /// nil: every lockspace.
+    case locks(lockspace: String?)
+    /// Release the orphans of process `pid` (0: all) on node `nodeID` (0: this node).
+    case purge(lockspace: String, nodeID: UInt32, pid: UInt32)
 
     public struct LockArguments: Equatable, Sendable {
         public var lockspace: String
@@ -52,7 +59,7 @@ public enum ControlRequest: Equatable, Sendable {
     }
 
     /// The first word of every lock request (for the server's dispatch).
-    public static let lockVerbs: Set<String> = ["lock", "hold", "convert", "unlock", "cancel", "locks"]
+    public static let lockVerbs: Set<String> = ["lock", "hold", "convert", "unlock", "cancel", "locks", "purge"]
 
     // MARK: - Encoding
 
@@ -75,8 +82,12 @@ public enum ControlRequest: Equatable, Sendable {
                 + Self.optionWords(flags: flags, lvb: lvb)).joined(separator: " ")
         case .cancel(let ls, let lkid):
             return "cancel \(Self.encodeName(Array(ls.utf8))) \(String(lkid, radix: 16))"
-        case .locks(let ls):
+        case .locks(let ls?):
             return "locks \(Self.encodeName(Array(ls.utf8)))"
+        case .locks(nil):
+            return "locks"
+        case .purge(let ls, let node, let pid):
+            return "purge \(Self.encodeName(Array(ls.utf8))) node=\(node) pid=\(pid)"
         }
     }
 
@@ -140,8 +151,26 @@ public enum ControlRequest: Equatable, Sendable {
             guard args.count == 2 else { throw ParseError("usage: cancel LOCKSPACE LKID") }
             return .cancel(lockspace: try lockspaceName(args[0]), lkid: try parseLkid(args[1]))
         case "locks":
-            guard args.count == 1 else { throw ParseError("usage: locks LOCKSPACE") }
-            return .locks(lockspace: try lockspaceName(args[0]))
+            guard args.count <= 1 else { throw ParseError("usage: locks [LOCKSPACE]") }
+            return .locks(lockspace: try args.first.map { w throws(ParseError) in try lockspaceName(w) })
+        case "purge":
+            guard !args.isEmpty else { throw ParseError("usage: purge LOCKSPACE [node=ID] [pid=PID]") }
+            var node: UInt32 = 0
+            var pid: UInt32 = 0
+            for w in args.dropFirst() {
+                let number = { (text: Substring) throws(ParseError) -> UInt32 in
+                    guard let v = UInt32(text) else { throw ParseError("bad number in \(w.prefix(40))") }
+                    return v
+                }
+                if w.hasPrefix("node=") {
+                    node = try number(w.dropFirst(5))
+                } else if w.hasPrefix("pid=") {
+                    pid = try number(w.dropFirst(4))
+                } else {
+                    throw ParseError("unexpected word \(w.prefix(40))")
+                }
+            }
+            return .purge(lockspace: try lockspaceName(args[0]), nodeID: node, pid: pid)
         default:
             throw ParseError("unknown request: \(verb.prefix(40))")
         }
@@ -259,12 +288,55 @@ public enum ControlRequest: Equatable, Sendable {
     }
 }
 
+/// A line a `hold` connection accepts for its lock after the `hold` request.
+public enum HoldRequest: Equatable, Sendable {
+    /// Convert the held lock (`convert MODE [flags=...] [lvb=HEX]`).
+    case convert(mode: LockMode, flags: LockFlags, lvb: [UInt8]?)
+    /// Cancel the waiting conversion (or the waiting request, which ends the hold).
+    case cancel
+    /// Release the lock and end the hold (`unlock [flags=...] [lvb=HEX]`; an LVB implies VALBLK).
+    case unlock(flags: LockFlags, lvb: [UInt8]?)
+
+    public static let usage = "a hold connection accepts `convert MODE [flags=...] [lvb=HEX]`, `cancel`, `unlock [flags=...] [lvb=HEX]`"
+
+    public var line: String {
+        switch self {
+        case .convert(let mode, let flags, let lvb):
+            return (["convert", mode.description] + ControlRequest.optionWords(flags: flags, lvb: lvb)).joined(separator: " ")
+        case .cancel:
+            return "cancel"
+        case .unlock(let flags, let lvb):
+            return (["unlock"] + ControlRequest.optionWords(flags: flags, lvb: lvb)).joined(separator: " ")
+        }
+    }
+
+    public static func parse(_ line: String) throws(ControlRequest.ParseError) -> HoldRequest {
+        let words = line.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        switch words.first {
+        case "convert"?:
+            guard words.count >= 2 else { throw .init("usage: convert MODE [flags=...] [lvb=HEX]") }
+            let o = try ControlRequest.options(Array(words.dropFirst(2)), allowWait: false)
+            return .convert(mode: try ControlRequest.parseMode(words[1]), flags: o.flags, lvb: o.lvb)
+        case "cancel"?:
+            guard words.count == 1 else { throw .init("usage: cancel") }
+            return .cancel
+        case "unlock"?:
+            let o = try ControlRequest.options(Array(words.dropFirst()), allowWait: false)
+            return .unlock(flags: o.lvb == nil ? o.flags : o.flags.union(.valBlk), lvb: o.lvb)
+        default:
+            throw .init(usage)
+        }
+    }
+}
+
 /// The answer to a lock request (and each event of a `hold` connection), one JSON line with
 /// snake_case keys.
 public struct LockReply: Codable, Sendable, Equatable {
     /// False: `error` says why (the request was refused or the operation failed).
     public var ok: Bool
-    /// For `hold` connections: "queued", "granted", "bast", "unlocked", "failed".
+    /// For `hold` connections: "queued", "granted", "bast", "unlocked", "failed" (the hold is over);
+    /// for its conversions "converted" or "convert_failed" (the lock keeps its mode), "cancel"
+    /// (the answer to `cancel`), "error" (a line the hold could not act on).
     public var event: String?
     public var lockspace: String?
     public var resource: String?
@@ -285,6 +357,8 @@ public struct LockReply: Codable, Sendable, Equatable {
     public var lvb: String?
     /// For "bast" events: the mode another request waits for.
     public var bastMode: String?
+    /// For `purge`: how many of this node's orphan locks were released.
+    public var purged: Int?
     public var error: String?
 
     public init(ok: Bool, status: String) {
@@ -333,16 +407,18 @@ public struct LockReply: Codable, Sendable, Equatable {
 
     /// One line for people: `lkid 00000001 granted EX sb_flags VALNOTVALID lvb 6869.. "hi"`.
     public var text: String {
-        if !ok { return "error: \(error ?? status)" }
+        if !ok { return (event == "convert_failed" ? "conversion failed: " : "error: ") + (error ?? status) }
+        if let purged { return "\(status): \(purged) orphan lock(s) of this node released" }
         var s = ""
         if let h = lkidHex { s += "lkid \(h) " }
         switch event {
         case "bast"?:
             return s + "BAST: a \(bastMode ?? "?") request is waiting"
+        case "converted"?:
+            s += "converted to"
         default:
-            break
+            s += status
         }
-        s += status
         if let m = mode, m != "--" { s += " \(m)" }
         if let r = requested { s += " (\(r))" }
         if let f = sbFlags, !f.isEmpty { s += " sb_flags " + f.joined(separator: "|") }

@@ -6,15 +6,18 @@ import NIOCore
 /// One control connection that asked for a lock command (`ControlRequest`), on the node's event
 /// loop (the control server runs on it).
 ///
-/// * `lock`, `convert`, `unlock`, `cancel`, `locks`: one JSON line (`LockReply` / `LockDump`), then
-///   the server closes. A `lock`/`convert` that waits answers when it is granted or fails
-///   (`nowait`: "queued" at once). Locks taken by `lock` belong to the node and stay held after the
-///   connection closes (until `unlock LS LKID`); if the client goes away while its request still
-///   waits, the request is cancelled (the client never learnt the lock id).
-/// * `hold`: the connection stays open and carries one JSON line per event: "queued", "granted",
-///   "bast" (each blocking callback), then "unlocked" or "failed". The client ends the hold by
-///   sending the line `unlock` (optionally `unlock lvb=HEX`) or by closing the connection; either
-///   way the node releases the lock.
+/// * `lock`, `convert`, `unlock`, `cancel`, `locks`, `purge`: one JSON line (`LockReply`,
+///   `LockDump`, or an array of `LockDump` for `locks` without a lockspace), then the server
+///   closes. A `lock`/`convert` that waits answers when it is granted or fails (`nowait`: "queued"
+///   at once). Locks taken by `lock` belong to the node and stay held after the connection closes
+///   (until `unlock LS LKID`); if the client goes away while its request still waits, the request
+///   is cancelled (the client never learnt the lock id). `lock` with ORPHAN adopts an orphan.
+/// * `hold`: the connection is an owner session (as a process that opened the lockspace device)
+///   and carries one JSON line per event: "queued", "granted", "bast" (each blocking callback),
+///   "converted"/"convert_failed" for its conversions, then "unlocked" or "failed". The client
+///   sends `HoldRequest` lines: `convert MODE ...`, `cancel`, `unlock ...` (which ends the hold).
+///   Closing the connection ends the session as the kernel closes the device: a PERSISTENT lock
+///   becomes an orphan, any other is force-unlocked with IVVALBLK.
 final class LockControlSession: @unchecked Sendable {
     let node: PeerNode
     let channel: Channel
@@ -27,8 +30,10 @@ final class LockControlSession: @unchecked Sendable {
     private var held: (lockspace: String, lkid: UInt32)?
     private var isHold = false
     private var releasing = false
-    /// `unlock` arrived before the request was accepted: release as soon as it is (its LVB).
-    private var earlyRelease: [UInt8]??
+    /// `unlock` arrived before the request was accepted: release as soon as it is.
+    private var earlyRelease: (flags: LockFlags, lvb: [UInt8]?)?
+    /// The owner session of a `hold` connection's lock.
+    private let session = DLMSessionIDs.next()
 
     init(node: PeerNode, channel: Channel, logger: Logger) {
         self.node = node
@@ -89,37 +94,56 @@ final class LockControlSession: @unchecked Sendable {
                     finish(r.json)
                 }
             }
-        case .locks(let ls):
+        case .locks(let ls?):
             node.lockDump(lockspace: ls).whenComplete { [self] result in
+                finishEncoding(result, lockspace: ls)
+            }
+        case .locks(nil):
+            node.lockDumps().whenComplete { [self] result in
+                finishEncoding(result, lockspace: nil)
+            }
+        case .purge(let ls, let nodeID, let pid):
+            node.apiPurge(lockspace: ls, nodeID: nodeID, pid: pid).whenComplete { [self] result in
                 switch result {
                 case .failure(let e):
                     finish(LockReply.failure(e, lockspace: ls).json)
-                case .success(let dump):
-                    let data = (try? LockDump.encoder().encode(dump)) ?? Data()
-                    finish(String(decoding: data, as: UTF8.self))
+                case .success(let count):
+                    var r = LockReply(ok: true, status: nodeID == 0 || nodeID == node.nodeID ? "purged" : "purge sent")
+                    r.lockspace = ls
+                    r.purged = count
+                    finish(r.json)
                 }
             }
         }
     }
 
-    /// More bytes from the client (a `hold` connection's `unlock`).
+    private func finishEncoding<T: Encodable>(_ result: Result<T, any Error>, lockspace: String?) {
+        switch result {
+        case .failure(let e):
+            finish(LockReply.failure(e, lockspace: lockspace).json)
+        case .success(let value):
+            let data = (try? LockDump.encoder().encode(value)) ?? Data()
+            finish(String(decoding: data, as: UTF8.self))
+        }
+    }
+
+    /// More bytes from the client (a `hold` connection's `HoldRequest` lines).
     func received(_ bytes: inout ByteBuffer) {
         buffer.writeBuffer(&bytes)
         while let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
             let line = String(decoding: buffer.readableBytesView[..<newline], as: UTF8.self)
                 .trimmingCharacters(in: .whitespaces)
             buffer.moveReaderIndex(to: newline + 1)
-            guard isHold else { continue }
-            let words = line.split(separator: " ").map(String.init)
-            guard words.first == "unlock" else {
-                var r = LockReply(ok: false, status: "error")
-                r.error = "a hold connection accepts only `unlock [lvb=HEX]`"
-                write(r.json)
-                continue
+            guard isHold, !line.isEmpty else { continue }
+            do {
+                switch try HoldRequest.parse(line) {
+                case .unlock(let flags, let lvb): release(flags: flags, lvb: lvb)
+                case .convert(let mode, let flags, let lvb): convertHeld(mode, flags: flags, lvb: lvb)
+                case .cancel: cancelHeld()
+                }
+            } catch {
+                holdError(DLMError(.einval, error.description))
             }
-            var lvb: [UInt8]?
-            for w in words.dropFirst() where w.hasPrefix("lvb=") { lvb = try? ControlRequest.parseHex(String(w.dropFirst(4))) }
-            release(lvb: lvb)
         }
         if buffer.readableBytes > 4096 { channel.close(promise: nil) }
     }
@@ -127,21 +151,23 @@ final class LockControlSession: @unchecked Sendable {
     /// The connection closed.
     func inactive() {
         closed = true
-        if let w = waiting {
-            // The client went away while its request waited: cancel it; if the grant won, unlock.
+        if let w = waiting, !isHold {
+            // The client went away while its request waited: cancel it.
             waiting = nil
-            let hold = isHold
-            node.apiCancel(lockspace: w.lockspace, lkid: w.lkid).whenSuccess { [node, logger] cancelled in
+            node.apiCancel(lockspace: w.lockspace, lkid: w.lkid).whenSuccess { [logger] cancelled in
                 logger.info("control: client gone, request \(w.lockspace) \(String(w.lkid, radix: 16)) \(cancelled ? "cancelled" : "was granted")")
-                if !cancelled && hold {
-                    node.apiUnlock(lockspace: w.lockspace, lkid: w.lkid, flags: [], lvb: nil).whenComplete { _ in }
-                }
             }
         }
         if isHold, let h = held, !releasing {
             releasing = true
-            logger.info("control: hold connection closed, unlocking \(h.lockspace) \(String(h.lkid, radix: 16))")
-            node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: [], lvb: nil).whenComplete { _ in }
+            closeSession(h.lockspace)
+        }
+    }
+
+    /// The hold's owner session ends: a PERSISTENT lock becomes an orphan, any other is unlocked.
+    private func closeSession(_ lockspace: String) {
+        node.apiCloseSession(lockspace: lockspace, session: session).whenSuccess { [logger] c in
+            logger.info("control: hold connection closed in \(lockspace): orphaned \(c.orphaned.map { String($0, radix: 16) }), unlocked \(c.unlocked.map { String($0, radix: 16) })")
         }
     }
 
@@ -154,7 +180,8 @@ final class LockControlSession: @unchecked Sendable {
             onBlocking = { @Sendable [weak self] (mode: LockMode) -> Void in self?.bast(mode) }
         }
         node.apiRequest(lockspace: a.lockspace, resource: a.resource, mode: a.mode, flags: a.flags, lvb: a.lvb,
-                        owner: hold ? .hold : .cli, onBlocking: onBlocking).whenComplete { [self] result in
+                        owner: hold ? .hold : .cli, session: hold ? session : nil,
+                        onBlocking: onBlocking).whenComplete { [self] result in
             switch result {
             case .failure(let e):
                 var r = LockReply.failure(e, lockspace: a.lockspace)
@@ -162,10 +189,14 @@ final class LockControlSession: @unchecked Sendable {
                 if hold { r.event = "failed" }
                 finish(r.json)
             case .success(let submitted):
-                if closed {
+                if closed && hold {
                     // The client left before the request was accepted (e.g. while the lockspace
-                    // was joining): nobody knows this lock, so do not keep it.
-                    orphaned(submitted.lock, hold: hold)
+                    // was joining): the session ends.
+                    releasing = true
+                    closeSession(a.lockspace)
+                } else if closed {
+                    // Nobody knows this lock, so do not keep it.
+                    forget(submitted.lock)
                 } else if hold {
                     holdStarted(submitted)
                 } else {
@@ -196,13 +227,7 @@ final class LockControlSession: @unchecked Sendable {
             case .success:
                 finish(LockReply.describing(lock, status: "granted").json)
             case .failure(let e):
-                var r = LockReply.describing(lock, status: "error", ok: false)
-                if let e = e as? DLMError {
-                    r.status = e.code.name
-                    r.result = e.errno
-                }
-                r.error = "\(e)"
-                finish(r.json)
+                finish(Self.failed(lock, e).json)
             }
         }
     }
@@ -213,24 +238,18 @@ final class LockControlSession: @unchecked Sendable {
         defer {
             if let early = earlyRelease {
                 earlyRelease = nil
-                release(lvb: early)
+                release(flags: early.flags, lvb: early.lvb)
             }
         }
         if lock.status.requestedMode != nil {
             waiting = (lock.lockspace, lock.lkid)
-            node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
-                .whenComplete { [self] _ in
-                    guard lock.status.requestedMode != nil else { return }
-                    var r = LockReply.describing(lock, status: "queued")
-                    r.event = "queued"
-                    write(r.json)
-                }
+            reportQueued(submitted)
         }
         submitted.completion.whenComplete { [self] result in
             waiting = nil
             switch result {
             case .success:
-                if closed { return }  // inactive() saw `waiting` and is unlocking after its cancel
+                if closed { return }  // inactive() closed the session
                 var r = LockReply.describing(lock, status: "granted")
                 r.event = "granted"
                 write(r.json)
@@ -242,22 +261,18 @@ final class LockControlSession: @unchecked Sendable {
                 }
             case .failure(let e):
                 held = nil
-                var r = LockReply.describing(lock, status: "error", ok: false)
-                if let e = e as? DLMError {
-                    r.status = e.code.name
-                    r.result = e.errno
-                }
-                r.error = "\(e)"
+                var r = Self.failed(lock, e)
                 r.event = "failed"
                 finish(r.json)
             }
         }
     }
 
-    private func orphaned(_ lock: DLMLock, hold: Bool) {
+    /// A `lock` whose client left before it was accepted: cancel it, or unlock it if granted.
+    private func forget(_ lock: DLMLock) {
         let (ls, lkid, node) = (lock.lockspace, lock.lkid, node)
         node.apiCancel(lockspace: ls, lkid: lkid).whenSuccess { cancelled in
-            if !cancelled && (hold || lock.status.lastResult == .granted) && !lock.isReleased {
+            if !cancelled && lock.status.lastResult == .granted && !lock.isReleased {
                 node.apiUnlock(lockspace: ls, lkid: lkid, flags: [], lvb: nil).whenComplete { _ in }
             }
         }
@@ -274,9 +289,9 @@ final class LockControlSession: @unchecked Sendable {
         write(r.json)
     }
 
-    private func release(lvb: [UInt8]?) {
+    private func release(flags: LockFlags, lvb: [UInt8]?) {
         guard let h = held else {
-            earlyRelease = .some(lvb)
+            earlyRelease = (flags, lvb)
             return
         }
         guard !releasing else { return }
@@ -286,13 +301,12 @@ final class LockControlSession: @unchecked Sendable {
             // closes); if the grant wins the race, unlock (the observer reports "unlocked").
             node.apiCancel(lockspace: h.lockspace, lkid: h.lkid).whenSuccess { [node] cancelled in
                 if !cancelled {
-                    node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: lvb == nil ? [] : .valBlk, lvb: lvb)
-                        .whenComplete { _ in }
+                    node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: flags, lvb: lvb).whenComplete { _ in }
                 }
             }
             return
         }
-        node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: lvb == nil ? [] : .valBlk, lvb: lvb)
+        node.apiUnlock(lockspace: h.lockspace, lkid: h.lkid, flags: flags, lvb: lvb)
             .whenFailure { [self] e in
                 releasing = false
                 var r = LockReply.failure(e, lockspace: h.lockspace, lkid: h.lkid)
@@ -300,6 +314,89 @@ final class LockControlSession: @unchecked Sendable {
                 write(r.json)
             }
         // Success: the observer installed at the grant writes "unlocked" and closes.
+    }
+
+    /// `convert MODE ...` on a hold connection: "queued" when it waits, then "converted" or
+    /// "convert_failed" (the lock keeps its mode); a refused call is an "error" line.
+    private func convertHeld(_ mode: LockMode, flags: LockFlags, lvb: [UInt8]?) {
+        guard let h = held, waiting == nil, !releasing else {
+            holdError(DLMError(.ebusy, "the hold's lock is not granted (or is being released)"))
+            return
+        }
+        node.apiConvert(lockspace: h.lockspace, lkid: h.lkid, mode: mode, flags: flags, lvb: lvb).whenComplete { [self] result in
+            switch result {
+            case .failure(let e):
+                holdError(e)
+            case .success(let submitted):
+                let lock = submitted.lock
+                reportQueued(submitted)
+                submitted.completion.whenComplete { [self] outcome in
+                    switch outcome {
+                    case .success:
+                        var r = LockReply.describing(lock, status: "granted")
+                        r.event = "converted"
+                        write(r.json)
+                    case .failure(let e):
+                        var r = Self.failed(lock, e)
+                        r.event = "convert_failed"
+                        write(r.json)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A "queued" event once the request or conversion waits on the master's queue (none if it
+    /// completes first).
+    private func reportQueued(_ submitted: DLMSubmitted) {
+        let lock = submitted.lock
+        node.whenQueuedOrDone(lockspace: lock.lockspace, lkid: lock.lkid, completion: submitted.completion)
+            .whenComplete { [self] _ in
+                guard lock.status.requestedMode != nil else { return }
+                var r = LockReply.describing(lock, status: "queued")
+                r.event = "queued"
+                write(r.json)
+            }
+    }
+
+    /// `cancel` on a hold connection: cancels the waiting conversion (its "convert_failed" follows)
+    /// or the waiting request (the hold then fails).
+    private func cancelHeld() {
+        guard let h = held else {
+            holdError(DLMError(.enoent, "the hold's request has not been accepted yet"))
+            return
+        }
+        node.apiCancel(lockspace: h.lockspace, lkid: h.lkid).whenComplete { [self] result in
+            switch result {
+            case .failure(let e):
+                holdError(e)
+            case .success(let cancelled):
+                var r = LockReply(ok: true, status: cancelled ? "cancelled" : "not cancelled")
+                r.event = "cancel"
+                r.lockspace = h.lockspace
+                r.lkid = h.lkid
+                r.lkidHex = String(format: "%08x", h.lkid)
+                write(r.json)
+            }
+        }
+    }
+
+    /// An "error" line on a hold connection, which stays open.
+    private func holdError(_ e: any Error) {
+        var r = LockReply.failure(e, lockspace: held?.lockspace, lkid: held?.lkid)
+        r.event = "error"
+        write(r.json)
+    }
+
+    /// The reply for a lock whose request or conversion failed with `e`.
+    static func failed(_ lock: DLMLock, _ e: any Error) -> LockReply {
+        var r = LockReply.describing(lock, status: "error", ok: false)
+        if let e = e as? DLMError {
+            r.status = e.code.name
+            r.result = e.errno
+        }
+        r.error = "\(e)"
+        return r
     }
 
     static func unlocked(_ c: LockManager.Completion, lockspace: String) -> LockReply {

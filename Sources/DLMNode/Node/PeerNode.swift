@@ -122,7 +122,8 @@ public final class PeerNode: @unchecked Sendable {
         let rc = RecoveryConfig(config: config, lockspace: ls, node: nodeID)
         let lmConfig = LockManager.Configuration(lockspaceID: ls.globalID, ourNodeID: nodeID,
                                                  lvbLength: ls.lvbLength,
-                                                 protocolVersion: config.node(nodeID)?.protocolVersion ?? .v3_2)
+                                                 protocolVersion: config.node(nodeID)?.protocolVersion ?? .v3_2,
+                                                 nodir: ls.nodir)
         let state = LockspaceState(name: ls.name, recovery: LockspaceRecovery(config: rc),
                                    locks: LockManager(lmConfig), joined: promise)
         if tickTask == nil {

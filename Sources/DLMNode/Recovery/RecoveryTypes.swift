@@ -46,7 +46,8 @@ public struct RecoveryConfig: Hashable, Sendable {
                 initialRcomID: UInt64 = UInt64.random(in: 1...UInt64.max / 2)) {
         let version = config.node(node)?.protocolVersion ?? .v3_2
         self.init(ourNodeID: node, globalID: lockspace.globalID, lvbLength: UInt32(lockspace.lvbLength),
-                  lockspaceFlags: lockspace.flags, protocolVersion: version, initialRcomID: initialRcomID)
+                  lockspaceFlags: lockspace.flags, protocolVersion: version, nodir: lockspace.nodir,
+                  initialRcomID: initialRcomID)
     }
 }
 

@@ -71,6 +71,13 @@ public enum LockMessages {
         return message
     }
 
+    /// PURGE (`send_purge`): release node `nodeID`'s orphans of process `pid` (0: all); no extra.
+    public static func purge(nodeID: UInt32, pid: UInt32, header: DLMHeader) -> DLMMessage {
+        var message = DLMMessage(header: header, type: MessageType.purge.rawValue, nodeID: Int32(bitPattern: nodeID), pid: pid)
+        message.header.length = UInt16(truncatingIfNeeded: message.encodedLength)
+        return message
+    }
+
     /// The bytes of `m_extra`.
     public static func extraBytes(_ message: DLMMessage) -> [UInt8] {
         Array(message.extra.readableBytesView)
