@@ -243,10 +243,13 @@ class KernelNode:
         if errs:
             raise LabError("%s: boot problems: %s" % (self.name, "; ".join(errs)))
 
-    def sh(self, cmd, timeout=60, check=True):
-        """Run a shell command in the VM; returns its output (raises on rc != 0 if check)."""
+    def sh(self, cmd, timeout=60, check=True, quiet=False):
+        """Run a shell command in the VM; returns its output (raises on rc != 0 if check).
+        quiet: the trace gets the output's size, not the output."""
         out, rc = self.ctl.run(cmd, timeout=timeout)
-        self.c.trace("%s$ %s -> %d%s" % (self.name, cmd, rc, ("\n    " + out.rstrip().replace("\n", "\n    ")) if out.strip() else ""))
+        shown = (" (%d bytes of output)" % len(out)) if quiet else (
+            ("\n    " + out.rstrip().replace("\n", "\n    ")) if out.strip() else "")
+        self.c.trace("%s$ %s -> %d%s" % (self.name, cmd, rc, shown))
         if check and rc != 0:
             raise StepError("%s: `%s` failed (rc %d):\n%s" % (self.name, cmd, rc, out.rstrip()))
         return out
