@@ -291,5 +291,6 @@ def main(argv=None):
         print(table(results))
         print()
         print("total %.1f s; logs, dmesg and failed captures in %s" % (total, resdir))
-    print("interop: %d passed, %d failed, %d skipped" % (npass, nfail, nskip))
+    # with --json, stdout is the JSON document only (`dlm-peer bench recovery --lab` parses it)
+    print("interop: %d passed, %d failed, %d skipped" % (npass, nfail, nskip), file=sys.stderr if args.json else sys.stdout)
     return 1 if nfail else 0
