@@ -847,19 +847,16 @@ def sc_recovery_bench(c, ck, locks=0, peer_holds=False):
     t = c.join(LS)
     ck.metric("form", round(max(t.values()), 3))
     if locks:
-        c.agent_start(first, LS)
-        ev = c.agent(first, LS, "many m%d rb- PR %d" % (first, locks), wait="MANYDONE m%d " % first, timeout=60 + locks / 50)
-        ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (first, ev["line"]))
-        ck.metric("node%d_took_%d_locks" % (first, locks), float(ev["secs"]))
-        if peer_holds:
-            c.step("dlm-peer node%d takes %d PR locks through its control socket" % (second, locks))
-            secs = peerctl.many(second, LS, "rb-", "PR", locks)
-        else:
-            c.agent_start(second, LS)
-            ev = c.agent(second, LS, "many m%d rb- PR %d" % (second, locks), wait="MANYDONE m%d " % second, timeout=60 + locks / 50)
-            ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (second, ev["line"]))
-            secs = float(ev["secs"])
-        ck.metric("node%d_took_%d_locks" % (second, locks), round(secs, 3))
+        for i in (first, second):
+            if isinstance(c.nodes[i], cfgmod_peer_class()):
+                c.step("dlm-peer node%d takes %d PR locks through its control socket" % (i, locks))
+                secs = peerctl.many(i, LS, "rb-", "PR", locks)
+            else:
+                c.agent_start(i, LS)
+                ev = c.agent(i, LS, "many m%d rb- PR %d" % (i, locks), wait="MANYDONE m%d " % i, timeout=60 + locks / 50)
+                ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (i, ev["line"]))
+                secs = float(ev["secs"])
+            ck.metric("node%d_took_%d_locks" % (i, locks), round(secs, 3))
     rec, wall = fail_node(c, ck, first, timeout=120 + locks / 200)
     for i, ms in sorted(rec.items()):
         ck.metric("recovery_ms_node%d" % i, ms, "ms")

@@ -61,13 +61,15 @@ enum LabRecoveryBench {
         var line: String {
             func ms(_ v: Double?) -> String { v.map { String(format: "%.0f", $0) } ?? "-" }
             let perNode = recoveryByNode.map { "\($0.node):\(ms($0.ms))" }.joined(separator: " ")
-            let text = String(format: "%5d  %-7@ %7d  %-6@ %8@ %17@ %8@   ", labCase.nodes, labCase.kind.rawValue, labCase.locks, result,
-                              ms(formMilliseconds), ms(wallMilliseconds), ms(metrics["recovery_ms_max"]))
-            return text + perNode + (detail.isEmpty ? "" : "  (\(detail.prefix(120)))")
+            func right(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
+            func left(_ s: String, _ width: Int) -> String { s + String(repeating: " ", count: max(0, width - s.count)) }
+            let columns = [right("\(labCase.nodes)", 5), left(labCase.kind.rawValue, 8), right("\(labCase.locks)", 6), left(result, 7),
+                           right(ms(formMilliseconds), 7), right(ms(wallMilliseconds), 17), right(ms(metrics["recovery_ms_max"]), 8)]
+            return columns.joined(separator: "  ") + "   " + perNode + (detail.isEmpty ? "" : "  (\(detail.prefix(120)))")
         }
     }
 
-    static let header = "nodes  kind      locks  result  form ms  recovery wall ms   max ms   per-survivor recovery ms"
+    static let header = "nodes  kind       locks  result   form ms   recovery wall ms    max ms   per-survivor recovery ms"
 
     /// The cases for `nodes` x kinds x `locks`, limited to what the lab has scenarios for.
     static func cases(nodes: [Int], locks: [Int]) -> [Case] {
