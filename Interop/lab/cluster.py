@@ -207,7 +207,7 @@ class KernelNode:
         cmd = ["ip", "netns", "exec", self.c.netns, QEMU,
                "-name", "%s-%s" % (self.c.tag, self.name),
                "-accel", "tcg,tb-size=%d" % TB_MB,
-               "-m", str(AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB), "-smp", "1",
+               "-m", str(self.c.vm_mem_mb or (AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB)), "-smp", "1",
                "-display", "none", "-no-reboot", "-nodefaults", "-no-user-config",
                "-kernel", self.image.vmlinux, "-initrd", self.image.initramfs, "-append", append,
                "-serial", "file:%s" % self.console,
@@ -386,6 +386,7 @@ class Cluster:
         self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
         self.late_peers = False     # the scenario starts its dlm-peers itself (PeerNode.start)
         self.agent_mode = False     # kernel nodes run `dlm-peer agent` (their CM) instead of the harness
+        self.vm_mem_mb = None       # the scenario's VM memory (MB), instead of the default
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))

@@ -88,6 +88,7 @@ def run_one(sc, args, resdir, all_captures):
         c.peer_args = sc.peer_args
         c.late_peers = sc.late_peers
         c.agent_mode = sc.agents
+        c.vm_mem_mb = sc.vm_mem_mb
         ck = scenarios.Check(c, rundir)
         ck.all_captures = list(all_captures)
         try:

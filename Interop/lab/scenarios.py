@@ -2724,6 +2724,7 @@ class Scenario:
     peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
     late_peers: bool = False       # the scenario starts the dlm-peers itself
     agents: bool = False           # the kernel nodes run `dlm-peer agent` as their cluster manager
+    vm_mem_mb: int | None = None   # each VM's memory, when the default (128 MB) is too small
 
     @property
     def config_path(self):
@@ -2763,7 +2764,10 @@ def recovery_bench_matrix():
             out.append(Scenario(recovery_bench_name(nodes, kind, locks), cfg, sc_recovery_bench,
                                 "benchmark: %d nodes (%s), node 1 and %s hold %d PR locks, node 1 (a kernel) fails" % (
                                     nodes, "kernels only" if kind == "kernels" else "half dlm-peers", holder, locks),
-                                kwargs={"locks": locks, "peer_holds": kind == "mixed"}))
+                                kwargs={"locks": locks, "peer_holds": kind == "mixed"},
+                                # 100,000 locks: about 70 MB of kernel rsbs and lkbs plus the lock client's
+                                # 20 MB do not fit in 128 MB
+                                vm_mem_mb=512 if locks >= 100000 else None))
     return out
 
 
