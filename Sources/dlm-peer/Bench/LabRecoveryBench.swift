@@ -87,7 +87,8 @@ enum LabRecoveryBench {
         guard FileManager.default.isExecutableFile(atPath: runner) else { return ([], "Interop/run not found at \(runner)") }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: runner)
-        p.arguments = ["--json"] + cases.map(\.scenario)
+        // a 100,000-lock case takes minutes (Interop/run's default limit is 300 s a scenario)
+        p.arguments = ["--json", "--timeout", "1800"] + cases.map(\.scenario)
         var env = ProcessInfo.processInfo.environment
         if env["DLM_PEER"] == nil, let me = Bundle.main.executablePath { env["DLM_PEER"] = me }
         p.environment = env
