@@ -42,7 +42,7 @@ struct RecoveryBench: ParsableCommand {
     @Flag(help: "Also run the lab's kernel recovery benchmarks (root, QEMU; see Interop/README.md).")
     var lab = false
 
-    @Option(parsing: .upToNextOption, help: "With --lab: locks held by each of two nodes in the lab cases (0, 10000, 100000; a 100000 case takes about 3 minutes).")
+    @Option(parsing: .upToNextOption, help: "With --lab: locks held by each of two nodes in the lab cases (0, 10000, 100000; a 100000 case takes minutes).")
     var labLocks: [Int] = [0, 10_000, 100_000]
 
     func validate() throws {
