@@ -208,7 +208,7 @@ class KernelNode:
         cmd = ["ip", "netns", "exec", self.c.netns, QEMU,
                "-name", "%s-%s" % (self.c.tag, self.name),
                "-accel", "tcg,tb-size=%d" % TB_MB,
-               "-m", str(AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB), "-smp", "1",
+               "-m", str(self.c.vm_mem_mb or (AGENT_VM_MEM_MB if self.image.meta.get("agent") else VM_MEM_MB)), "-smp", "1",
                "-display", "none", "-no-reboot", "-nodefaults", "-no-user-config",
                "-kernel", self.image.vmlinux, "-initrd", self.image.initramfs, "-append", append,
                "-serial", "file:%s" % self.console,
@@ -244,10 +244,13 @@ class KernelNode:
         if errs:
             raise LabError("%s: boot problems: %s" % (self.name, "; ".join(errs)))
 
-    def sh(self, cmd, timeout=60, check=True):
-        """Run a shell command in the VM; returns its output (raises on rc != 0 if check)."""
+    def sh(self, cmd, timeout=60, check=True, quiet=False):
+        """Run a shell command in the VM; returns its output (raises on rc != 0 if check).
+        quiet: the trace gets the output's size, not the output."""
         out, rc = self.ctl.run(cmd, timeout=timeout)
-        self.c.trace("%s$ %s -> %d%s" % (self.name, cmd, rc, ("\n    " + out.rstrip().replace("\n", "\n    ")) if out.strip() else ""))
+        shown = (" (%d bytes of output)" % len(out)) if quiet else (
+            ("\n    " + out.rstrip().replace("\n", "\n    ")) if out.strip() else "")
+        self.c.trace("%s$ %s -> %d%s" % (self.name, cmd, rc, shown))
         if check and rc != 0:
             raise StepError("%s: `%s` failed (rc %d):\n%s" % (self.name, cmd, rc, out.rstrip()))
         return out
@@ -401,6 +404,7 @@ class Cluster:
         self.peer_args = {}         # node id -> extra `dlm-peer run` arguments (from the scenario)
         self.late_peers = False     # the scenario starts its dlm-peers itself (PeerNode.start)
         self.agent_mode = False     # kernel nodes run `dlm-peer agent` (their CM) instead of the harness
+        self.vm_mem_mb = None       # the scenario's VM memory (MB), instead of the default
 
     def trace(self, msg):
         self._trace.write("%9.3f %s\n" % (time.time() - self._t0, msg))

@@ -142,3 +142,42 @@ def as_dump(doc: dict) -> dict:
                 res.locks.append(lk)
         out[res.name] = res
     return out
+
+
+def many(nid: int, ls: str, prefix: str, mode: str, count: int, inflight: int = 64, timeout: float = 60.0) -> float:
+    """`count` locks (names prefix0 .. prefix<count-1>, as the kernel lock client's `many`)
+    taken by dlm-peer `nid`: `inflight` workers, each sending one `lock` request per connection
+    at a time; returns the seconds it took. The first lock not granted ends them all
+    (PeerCtlError naming it)."""
+    import asyncio
+    import time
+
+    names = iter(range(count))
+
+    async def worker():
+        for i in names:
+            line = "lock %s %s %s\n" % (_encode(ls), _encode("%s%d" % (prefix, i)), mode)
+            r, w = await asyncio.wait_for(asyncio.open_unix_connection(socket_path(nid)), timeout)
+            try:
+                w.write(line.encode())
+                text = (await asyncio.wait_for(r.readline(), timeout)).decode(errors="replace")
+            finally:
+                w.close()
+            try:
+                ans = json.loads(text)
+            except ValueError:
+                ans = {"answer": text[:300]}
+            if ans.get("status") != "granted":
+                raise PeerCtlError("dlm-peer node %d, `%s`: %s" % (nid, line.strip(), ans))
+
+    async def all_locks():
+        async with asyncio.TaskGroup() as g:      # a failure cancels the other workers
+            for _ in range(min(inflight, count)):
+                g.create_task(worker())
+
+    t0 = time.time()
+    try:
+        asyncio.run(all_locks())
+    except ExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+    return time.time() - t0

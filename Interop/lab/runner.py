@@ -88,6 +88,7 @@ def run_one(sc, args, resdir, all_captures):
         c.peer_args = sc.peer_args
         c.late_peers = sc.late_peers
         c.agent_mode = sc.agents
+        c.vm_mem_mb = sc.vm_mem_mb
         ck = scenarios.Check(c, rundir)
         ck.all_captures = list(all_captures)
         try:
@@ -292,5 +293,6 @@ def main(argv=None):
         print(table(results))
         print()
         print("total %.1f s; logs, dmesg and failed captures in %s" % (total, resdir))
-    print("interop: %d passed, %d failed, %d skipped" % (npass, nfail, nskip))
+    # with --json, stdout is the JSON document only (`dlm-peer bench recovery --lab` parses it)
+    print("interop: %d passed, %d failed, %d skipped" % (npass, nfail, nskip), file=sys.stderr if args.json else sys.stdout)
     return 1 if nfail else 0

@@ -8,6 +8,8 @@ starts it and the dlm_controld-like steps (join/leave/add) treat it as a member.
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import re
@@ -777,7 +779,9 @@ def sc_peer_weight0(c, ck, names=24):
 def kernel_recovery_ms(c, nid, after=0):
     """Durations (ms) of the recoveries the kernel of `nid` finished, from dmesg
     ("dlm_recover N generation G done: T ms"), skipping the first `after`."""
-    return [int(m) for m in re.findall(r"dlm_recover \d+ generation \d+ done: (\d+) ms", c.dmesg(nid))][after:]
+    # only those lines: the whole dmesg takes seconds over the serial control channel
+    lines = c.kernel(nid).sh("dmesg | grep 'dlm_recover.*done' || true")
+    return [int(m) for m in re.findall(r"dlm_recover \d+ generation \d+ done: (\d+) ms", lines)][after:]
 
 
 def fail_node(c, ck, dead, timeout=120):
@@ -895,25 +899,32 @@ def peer_wait_recovered(c, ck, nid, members, timeout):
     ck.require(False, "dlm-peer node%d did not recover with members %s: %s" % (nid, members, st))
 
 
-def sc_recovery_bench(c, ck, locks=0):
-    """Benchmark, recovery after a node failure: the lockspace forms (join time per node), the
-    first member takes `locks` PR locks (one resource each: it masters them all) and the second
-    takes PR on the same names (its process copies, mastered by the first); the first member
-    then fails. Measured: each survivor's recovery time (the directory rebuild, new masters by
-    RCOM_LOOKUP, the second member's locks rebuilt on the new masters by RCOM_LOCK, purge). The
-    invariants are then checked on the survivors' dumps, and the second member's locks must
-    all still be granted."""
+def sc_recovery_bench(c, ck, locks=0, peer_holds=False):
+    """Benchmark, recovery after a node failure: the lockspace forms (join time per kernel), the
+    first member (node 1, a kernel) takes `locks` PR locks (one resource each: it masters them
+    all) and a second member takes PR on the same names (its process copies, mastered by the
+    first): the second kernel, or with `peer_holds` the lowest dlm-peer (through its control
+    socket). The first member then fails (VM powered off). Measured: each survivor's recovery
+    time (the directory rebuild, new masters by RCOM_LOOKUP, the second member's locks rebuilt
+    on the new masters by RCOM_LOCK, purge). The invariants are then checked on the survivors'
+    dumps, and the second member's locks must all still be granted."""
     kernels = sorted(k.id for k in c.kernel_nodes)
-    first, second = kernels[0], kernels[1]
+    first = kernels[0]
+    second = sorted(p.id for p in c.peers)[0] if peer_holds else kernels[1]
     t = c.join(LS)
     ck.metric("form", round(max(t.values()), 3))
     if locks:
         for i in (first, second):
-            c.agent_start(i, LS)
-            ev = c.agent(i, LS, "many m%d rb- PR %d" % (i, locks), wait="MANYDONE m%d " % i, timeout=60 + locks / 50)
-            ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (i, ev["line"]))
-            ck.metric("node%d_took_%d_locks" % (i, locks), float(ev["secs"]))
-    rec, wall = fail_node(c, ck, first)
+            if isinstance(c.nodes[i], cfgmod_peer_class()):
+                c.step("dlm-peer node%d takes %d PR locks through its control socket" % (i, locks))
+                secs = peerctl.many(i, LS, "rb-", "PR", locks)
+            else:
+                c.agent_start(i, LS)
+                ev = c.agent(i, LS, "many m%d rb- PR %d" % (i, locks), wait="MANYDONE m%d " % i, timeout=60 + locks / 50)
+                ck.require(ev.get("ok") == str(locks), "node%d many: %s" % (i, ev["line"]))
+                secs = float(ev["secs"])
+            ck.metric("node%d_took_%d_locks" % (i, locks), round(secs, 3))
+    rec, wall = fail_node(c, ck, first, timeout=120 + locks / 200)
     for i, ms in sorted(rec.items()):
         ck.metric("recovery_ms_node%d" % i, ms, "ms")
     ck.metric("recovery_wall", round(wall, 3))
@@ -925,7 +936,7 @@ def sc_recovery_bench(c, ck, locks=0):
     held = sum(1 for r in dumps_by_node.get(second, {}).values() for l in r.locks
                if l.queue == "granted" and l.grmode == "PR" and l.nodeid is None)
     ck.expect(held == locks, "node%d holds %d of its %d PR locks after recovery" % (second, held, locks))
-    ck.note("%d locks: form %.3f s; recovery %s ms" % (locks, max(t.values()), rec))
+    ck.note("%d locks held by node%d and node%d: form %.3f s; recovery %s ms" % (locks, first, second, max(t.values()), rec))
 
 
 def sc_s4_master_dies(c, ck):
@@ -2422,7 +2433,10 @@ def save_kernel_dumps(c, nid, lsname, label):
     """The kernel's debugfs dumps of a lockspace (`<ls>`: resources and queues, `<ls>_waiters`)
     saved as node<N>-<label>.dump in the run dir; returns the `<ls>` text."""
     k = c.kernel(nid)
-    text = k.sh("cat /sys/kernel/debug/dlm/%s" % lsname)
+    # compressed: the serial control channel of a TCG VM carries tens of KB/s, and a dump of
+    # 10,000 resources is 1 MB of text (gzip makes it about 30 times smaller)
+    packed = k.sh("gzip -1 -c /sys/kernel/debug/dlm/%s | base64" % lsname, timeout=600, quiet=True)
+    text = gzip.decompress(base64.b64decode(packed)).decode(errors="replace")
     waiters = k.sh("cat /sys/kernel/debug/dlm/%s_waiters 2>/dev/null || true" % lsname)
     with open(os.path.join(c.rundir, "node%d-%s.dump" % (nid, label)), "w") as f:
         f.write(text)
@@ -2893,6 +2907,7 @@ class Scenario:
     peer_args: dict = field(default_factory=dict)   # node id -> extra `dlm-peer run` arguments
     late_peers: bool = False       # the scenario starts the dlm-peers itself
     agents: bool = False           # the kernel nodes run `dlm-peer agent` as their cluster manager
+    vm_mem_mb: int | None = None   # each VM's memory, when the default (128 MB) is too small
 
     @property
     def config_path(self):
@@ -2905,6 +2920,38 @@ def with_low(name, fn, sid, about, **kw):
     return [Scenario(name, "lab-peer.toml", fn, about, **kw),
             Scenario(name + "-low", "lab-peer-low.toml", fn, "%s with dlm-peer as the lowest node" % sid,
                      **{k: v for k, v in kw.items() if k != "default"})]
+
+
+# The lab part of `dlm-peer bench recovery --lab` (issue 5): the cluster of each size, kernels
+# only and mixed (half kernels, half dlm-peers; node 1, a kernel, fails in all of them).
+RECOVERY_BENCH_CONFIGS = {
+    (2, "kernels"): "lab-2node.toml", (2, "mixed"): "lab-1k1p.toml",
+    (4, "kernels"): "lab-4node.toml", (4, "mixed"): "lab-2k2p.toml",
+    (8, "kernels"): "lab-8node.toml", (8, "mixed"): "lab-4k4p.toml",
+}
+RECOVERY_BENCH_LOCKS = (0, 10000, 100000)
+
+
+def recovery_bench_name(nodes, kind, locks):
+    return "recovery-bench-%dn-%s%s" % (nodes, kind, "-%dk" % (locks // 1000) if locks else "")
+
+
+def recovery_bench_matrix():
+    """recovery-bench-<N>n-<kernels|mixed>[-<L>k]: sc_recovery_bench on each config of
+    RECOVERY_BENCH_CONFIGS with each lock count. Kernels only: node 1 and node 2 hold the
+    locks; mixed: node 1 and the lowest dlm-peer (a survivor) do."""
+    out = []
+    for (nodes, kind), cfg in RECOVERY_BENCH_CONFIGS.items():
+        for locks in RECOVERY_BENCH_LOCKS:
+            holder = "node 2" if kind == "kernels" else "the lowest dlm-peer"
+            out.append(Scenario(recovery_bench_name(nodes, kind, locks), cfg, sc_recovery_bench,
+                                "benchmark: %d nodes (%s), node 1 and %s hold %d PR locks, node 1 (a kernel) fails" % (
+                                    nodes, "kernels only" if kind == "kernels" else "half dlm-peers", holder, locks),
+                                kwargs={"locks": locks, "peer_holds": kind == "mixed"},
+                                # 100,000 locks: about 70 MB of kernel rsbs and lkbs plus the lock client's
+                                # 20 MB do not fit in 128 MB
+                                vm_mem_mb=512 if locks >= 100000 else None))
+    return out
 
 
 SCENARIOS = [
@@ -2976,6 +3023,7 @@ SCENARIOS = [
              "benchmark: the same with 1,000 locks held by each kernel", kwargs={"locks": 1000}),
     Scenario("recovery-bench-peer-10k", "lab-peer.toml", sc_recovery_bench,
              "benchmark: the same with 10,000 locks", kwargs={"locks": 10000}),
+    *recovery_bench_matrix(),
     Scenario("random-workload", "lab-peer.toml", sc_random_workload,
              "2 kernels + dlm-peer lock, convert, cancel and unlock at random; invariants from every node's dumps each round", default=True),
     Scenario("agent-basic", "lab-2node.toml", sc_agent_basic,
