@@ -144,3 +144,38 @@ def seqs(recs, direction, cmd="OPTS"):
 def duplicates(values):
     c = Counter(values)
     return sorted(v for v, n in c.items() if n > 1)
+
+
+def spurious_data_bytes(pcap, ip2node, port=21064):
+    """Per direction, the payload bytes of the TCP segments tshark calls spurious
+    retransmissions: data it saw only after an ACK that covered it (the bridge can hand tcpdump
+    the receiver's ACK before the data it acknowledges). tshark does not dissect such a
+    segment; `dlm-peer decode` reassembles by TCP sequence number and counts its messages once."""
+    r = subprocess.run(["tshark", "-r", pcap, "-Y",
+                        "tcp.analysis.spurious_retransmission && tcp.len > 0 && tcp.port == %d" % port,
+                        "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "tcp.len"],
+                       capture_output=True, text=True)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3 or parts[0] not in ip2node or parts[1] not in ip2node:
+            continue
+        d = "%s->%s" % (ip2node[parts[0]], ip2node[parts[1]])
+        out[d] = out.get(d, 0) + int(parts[2] or 0)
+    return out
+
+
+def excess_within(ours, theirs, allowance_bytes, min_message=16):
+    """Whether every difference has dlm-peer's count higher (never lower) and, per direction,
+    the extra messages fit in `allowance_bytes` (at least `min_message` bytes each)."""
+    a, b = fold_bare(ours), fold_bare(theirs)
+    for dirn in set(a) | set(b):
+        ca, cb = a.get(dirn, {}), b.get(dirn, {})
+        extra = 0
+        for k in set(ca) | set(cb):
+            if cb.get(k, 0) < ca.get(k, 0):
+                return False
+            extra += cb.get(k, 0) - ca.get(k, 0)
+        if extra * min_message > allowance_bytes.get(dirn, 0):
+            return False
+    return True

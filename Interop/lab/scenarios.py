@@ -397,9 +397,30 @@ def sc_decode(c, ck, n_ops=25):
         if not ck.expect(res["rc"] == 0 and res.get("errors", 1) == 0,
                          "dlm-peer decode %s: rc %s, errors %s %s" % (name, res["rc"], res.get("errors"), res.get("stderr", "")[-300:])):
             continue
-        diffs = capture.compare(tcounts, res.get("counts_by_direction", {}), exact=transport != "sctp")
+        ours = res.get("counts_by_direction", {})
+        diffs = capture.compare(tcounts, ours, exact=transport != "sctp")
+        if diffs and transport != "sctp":
+            # tshark skips the data of "spurious retransmissions" (segments captured after the
+            # ACK that covers them); dlm-peer decode counts those messages: excuse exactly that.
+            allowance = capture.spurious_data_bytes(pcap, capture_nodes(c, pcap), c.cfg.port)
+            if capture.excess_within(tcounts, ours, allowance):
+                ck.note("decode %s: dlm-peer counts %s more than tshark, all within segments tshark calls "
+                        "spurious retransmissions (%s bytes)" % (name, "; ".join(diffs[:4]), allowance))
+                diffs = []
         ck.expect(not diffs, "dlm-peer decode %s disagrees with tshark: %s" % (name, "; ".join(diffs[:8])))
         ck.metric("decoded_%s" % name, res.get("messages"), "msgs")
+
+
+def capture_nodes(c, pcap):
+    """Address -> node id of the run that made `pcap` (its cluster.toml sits next to it)."""
+    cfg = c.cfg
+    toml = os.path.join(os.path.dirname(pcap), "cluster.toml")
+    if os.path.exists(toml):
+        try:
+            cfg = cfgmod.load(toml)
+        except (cfgmod.ConfigError, OSError):
+            pass
+    return {n.address: str(n.id) for n in cfg.nodes}
 
 
 def run_decode(binary, pcap):
